@@ -1,0 +1,168 @@
+"""Exact nullspace of a ViT patch embedding (paper §3.1, Table 1, Eq. 2).
+
+The patch embedding is a ``Conv2d`` whose stride equals its kernel: every non-overlapping r×r patch
+of the image (c·r² numbers) goes through the same linear map W ∈ R^{d × c·r²}. Any patch-shaped
+vector in the nullspace of W therefore leaves the patch embedding, and with it the whole model,
+unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .modeling import patch_projection
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    height, width = size
+    return (int(height), int(width))
+
+
+@dataclass(frozen=True)
+class PatchNullspace:
+    """The nullspace of a patch embedding's linear map.
+
+    Attributes:
+        basis: ``(nullity, c·r_h·r_w)`` float64 tensor with orthonormal rows spanning the nullspace,
+            in the flattening order of the conv weight (channel, row, column).
+        nullity: dimension of the nullspace, ``c·r_h·r_w − rank``.
+        rank: numerical rank of the weight (see :func:`patch_embedding_nullspace` for the tolerance).
+        singular_values: all singular values of the reshaped weight, descending (float64).
+        num_channels: image channels c.
+        patch_size: ``(r_h, r_w)``.
+        hidden_size: embedding width d.
+    """
+
+    basis: torch.Tensor
+    nullity: int
+    rank: int
+    singular_values: torch.Tensor
+    num_channels: int
+    patch_size: tuple[int, int]
+    hidden_size: int
+
+    @property
+    def patch_dim(self) -> int:
+        """Number of values in one patch, c·r_h·r_w."""
+        return self.num_channels * self.patch_size[0] * self.patch_size[1]
+
+    def _grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        height, width = image_size
+        patch_h, patch_w = self.patch_size
+        if height % patch_h or width % patch_w:
+            raise ValueError(
+                f"Image size {height}×{width} is not a multiple of the patch size {patch_h}×{patch_w}; "
+                f"resize or crop the images to a multiple of the patch size."
+            )
+        return height // patch_h, width // patch_w
+
+    def to_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Split ``(B, c, H, W)`` images into ``(B, H/r_h, W/r_w, c·r_h·r_w)`` flattened patches."""
+        if images.ndim != 4 or images.shape[1] != self.num_channels:
+            raise ValueError(
+                f"Expected images of shape (batch, {self.num_channels}, height, width), got {tuple(images.shape)}."
+            )
+        batch, channels, height, width = images.shape
+        rows, cols = self._grid((height, width))
+        patch_h, patch_w = self.patch_size
+        patches = images.reshape(batch, channels, rows, patch_h, cols, patch_w)
+        return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, rows, cols, self.patch_dim)
+
+    def from_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_patches`: ``(B, rows, cols, c·r_h·r_w)`` back to ``(B, c, H, W)``."""
+        batch, rows, cols, _ = patches.shape
+        patch_h, patch_w = self.patch_size
+        images = patches.reshape(batch, rows, cols, self.num_channels, patch_h, patch_w)
+        return images.permute(0, 3, 1, 4, 2, 5).reshape(
+            batch, self.num_channels, rows * patch_h, cols * patch_w
+        )
+
+    def _require_nullspace(self) -> None:
+        if self.nullity == 0:
+            raise ValueError(
+                f"The patch embedding has an empty nullspace (rank {self.rank} = c·r² = {self.patch_dim}): "
+                "there is no exact nullspace noise for this model."
+            )
+
+    def sample(
+        self,
+        batch_size: int,
+        image_size: int | tuple[int, int],
+        scale: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draw image-shaped noise whose every patch lies in the nullspace (Eq. 2).
+
+        Each patch is ``v = Σ λ_i b_i`` with independent ``λ_i ~ N(0, scale²)``, so its expected
+        squared norm is ``nullity · scale²``.
+
+        Args:
+            batch_size: number of noise images.
+            image_size: ``H`` or ``(H, W)``, multiples of the patch size.
+            scale: standard deviation of the coefficients λ.
+            generator: optional ``torch.Generator`` for reproducible draws.
+
+        Returns:
+            A float32 tensor ``(batch_size, c, H, W)``.
+        """
+        self._require_nullspace()
+        rows, cols = self._grid(_pair(image_size))
+        coefficients = torch.randn(
+            batch_size, rows, cols, self.nullity, generator=generator, dtype=torch.float64
+        )
+        patches = (coefficients * scale) @ self.basis
+        return self.from_patches(patches).to(torch.float32)
+
+    def project(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the per-patch component of ``images`` that lies in the nullspace.
+
+        ``images − project(images)`` carries everything the patch embedding (and so the model)
+        sees; ``project`` is idempotent. Computed in the images' dtype and device.
+        """
+        basis = self.basis.to(device=images.device, dtype=images.dtype)
+        patches = self.to_patches(images)
+        return self.from_patches((patches @ basis.T) @ basis)
+
+
+def patch_embedding_nullspace(model: nn.Module, rtol: float | None = None) -> PatchNullspace:
+    """Compute the exact nullspace of a model's patch embedding (paper §3.1, Table 1).
+
+    The patch ``Conv2d`` weight ``(d, c, r_h, r_w)`` is reshaped to ``W ∈ R^{d × c·r_h·r_w}`` and
+    decomposed by SVD in float64. Singular values at or below ``rtol · σ_max`` count as zero.
+
+    Args:
+        model: any model whose ``get_input_embeddings()`` contains a ``Conv2d`` with stride equal
+            to its kernel (ViT, DeiT, BEiT, Dinov2, ViT-MSN, ... and their classification heads).
+        rtol: relative rank tolerance. The default follows ``numpy.linalg.matrix_rank`` applied to
+            the stored weight: ``max(d, c·r²) · eps``, with ``eps`` the machine epsilon of the
+            weight's dtype (1.19e-7 for float32). Trained float32 weights can lose rank numerically
+            this way (the paper's ViT-B/16 row with nullity 2); pass ``rtol=0`` for the algebraic
+            rank of the float64 matrix.
+
+    Raises:
+        ValueError: the model has no patch embedding, naming the model class.
+    """
+    projection = patch_projection(model)
+    weight = projection.weight.detach()
+    hidden_size, num_channels, patch_h, patch_w = weight.shape
+    matrix = weight.to(device="cpu", dtype=torch.float64).reshape(hidden_size, -1)
+    patch_dim = matrix.shape[1]
+    _, singular_values, vh = torch.linalg.svd(matrix, full_matrices=True)
+    if rtol is None:
+        rtol = max(hidden_size, patch_dim) * float(torch.finfo(weight.dtype).eps)
+    threshold = rtol * float(singular_values.max()) if singular_values.numel() else 0.0
+    rank = int((singular_values > threshold).sum())
+    return PatchNullspace(
+        basis=vh[rank:].contiguous(),
+        nullity=patch_dim - rank,
+        rank=rank,
+        singular_values=singular_values,
+        num_channels=num_channels,
+        patch_size=(patch_h, patch_w),
+        hidden_size=hidden_size,
+    )

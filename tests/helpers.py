@@ -1,0 +1,50 @@
+"""Tiny, offline model factories shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    BeitConfig,
+    BeitForImageClassification,
+    DeiTConfig,
+    DeiTForImageClassification,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3)
+
+FAMILIES = {
+    "vit": (ViTConfig, ViTForImageClassification),
+    "deit": (DeiTConfig, DeiTForImageClassification),
+    "dinov2": (Dinov2Config, Dinov2ForImageClassification),
+    "beit": (BeitConfig, BeitForImageClassification),
+}
+
+
+def make_tiny_model(family: str = "vit", seed: int = 0, **overrides):
+    """A random tiny image classifier of the given family, in eval mode.
+
+    ``initializer_range`` is larger than the default 0.02 so that random inputs give logits with
+    a visible spread (small perturbations are then measurable).
+    """
+    config_cls, model_cls = FAMILIES[family]
+    kwargs = {**TINY, "image_size": 32, "patch_size": 8, "num_channels": 3, "initializer_range": 0.2, **overrides}
+    if family == "dinov2":
+        kwargs.setdefault("mlp_ratio", 2)
+        kwargs.pop("intermediate_size")
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**kwargs)).eval()
+
+
+def save_tiny_model(path, family: str = "vit", **overrides):
+    """Save a tiny model and a matching image processor with ``save_pretrained``; return the model."""
+    model = make_tiny_model(family, **overrides)
+    model.save_pretrained(path)
+    size = model.config.image_size
+    ViTImageProcessor(size={"height": size, "width": size}).save_pretrained(path)
+    return model
+
