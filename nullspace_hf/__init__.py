@@ -1,7 +1,21 @@
 """nullspace_hf: approximate nullspace augmented fine-tuning for robust Vision Transformers."""
 
+from .config import NullspaceConfig
 from .linalg import PatchNullspace, patch_embedding_nullspace
+from .noise import NoiseInjector, NoiseResult, noise_influence, random_noise, synthesize_noise
+from .trainer import NullspaceTrainer
 
 __version__ = "0.1.0"
 
-__all__ = ["PatchNullspace", "patch_embedding_nullspace", "__version__"]
+__all__ = [
+    "NoiseInjector",
+    "NoiseResult",
+    "NullspaceConfig",
+    "NullspaceTrainer",
+    "PatchNullspace",
+    "__version__",
+    "noise_influence",
+    "patch_embedding_nullspace",
+    "random_noise",
+    "synthesize_noise",
+]

@@ -48,3 +48,40 @@ def save_tiny_model(path, family: str = "vit", **overrides):
     ViTImageProcessor(size={"height": size, "width": size}).save_pretrained(path)
     return model
 
+
+
+class DictDataset(torch.utils.data.Dataset):
+    """A map-style dataset of ``{"pixel_values", "labels"}`` rows over two tensors."""
+
+    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> None:
+        self.pixel_values, self.labels = pixel_values, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+
+def digits_tensors(split: str = "train", image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn digits as normalised ``(N, 3, size, size)`` tensors and labels (no download)."""
+    from nullspace_hf.data import digits_dataset
+
+    data = digits_dataset()[split]
+    processor = ViTImageProcessor(size={"height": image_size, "width": image_size})
+    pixels = processor(list(data["image"]), return_tensors="pt")["pixel_values"]
+    return pixels, torch.tensor(list(data["label"]))
+
+
+def train_briefly(model, pixels: torch.Tensor, labels: torch.Tensor, steps: int = 150, lr: float = 3e-3, seed: int = 0):
+    """A few Adam steps of plain cross-entropy training; returns the model in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(0, len(labels), (64,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=pixels[index]).logits, labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -1,0 +1,251 @@
+"""``NullspaceTrainer``: fine-tuning augmented with approximate-nullspace noise (Algorithm 1, Eq. 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from transformers import PreTrainedModel, Trainer
+
+from .callbacks import EMACallback
+from .config import NullspaceConfig
+from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
+
+NOISE_FILE = "nullspace_noise.safetensors"
+HISTORY_FILE = "noise_history.json"
+EMA_FILE = "ema.safetensors"
+
+PAPER_CITATION = """@article{liu2024approximate,
+  title={Approximate Nullspace Augmented Finetuning for Robust Vision Transformers},
+  author={Liu, Haoyang and Singh, Aditya and Li, Yijiang and Wang, Haohan},
+  journal={arXiv preprint arXiv:2403.10476},
+  year={2024}
+}"""
+
+
+class _RoundSampler(Sampler[int]):
+    """A reproducible shuffle of this rank's share of the dataset for round ``k``, pass ``p``.
+
+    The order depends only on ``(seed, round, pass)``, so a resumed run synthesises exactly the
+    noise an uninterrupted run would, and all ranks split one permutation between them.
+    """
+
+    def __init__(self, num_samples: int, seed: int, rank: int, world_size: int) -> None:
+        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
+        self.round = 0
+        self.pass_index = 0
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.round + 7_919 * self.pass_index)
+        order = torch.randperm(self.num_samples, generator=generator)
+        return iter(order[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+
+class NullspaceTrainer(Trainer):
+    """A ``transformers.Trainer`` that fine-tunes a ViT on CE(clean) + w·CE(clean + ṽ) (Eq. 6, Algorithm 1).
+
+    At step 0 and every ``noise_refresh_steps`` optimizer steps, a new encoder-level noise ṽ of shape
+    ``(num_patches, hidden)`` is synthesised on training minibatches (:func:`synthesize_noise`, or
+    :func:`random_noise` for the Table 4 baseline) and added to the patch-embedding output of every
+    training sample. ``noise_mode="none"`` is vanilla fine-tuning through the same code path.
+
+    Each round's statistics go to the Trainer's logs (``noise/norm``, ``noise/steps``,
+    ``noise/mse_prob``, ``noise/reached``) and to :attr:`noise_history`. Checkpoints and the saved
+    model hold ``nullspace_noise.safetensors`` and ``noise_history.json`` beside plain
+    ``save_pretrained`` weights, which load without this package.
+
+    Args:
+        model: a ViT-family ``PreTrainedModel`` (``get_input_embeddings()`` holds a patch ``Conv2d``).
+        args: a :class:`NullspaceConfig`.
+        **kwargs: any other ``transformers.Trainer`` argument.
+    """
+
+    _tag_names = ["nullspace", "robustness", "vision-transformer", "image-classification"]
+    _name = "Nullspace"
+    _paper = {
+        "title": "Approximate Nullspace Augmented Finetuning for Robust Vision Transformers",
+        "id": "2403.10476",
+        "citation": PAPER_CITATION,
+    }
+    # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: PreTrainedModel | None = None, args: NullspaceConfig | None = None, **kwargs: Any):
+        if args is None:
+            args = NullspaceConfig(output_dir="tmp_trainer")
+        if not isinstance(args, NullspaceConfig):
+            raise ValueError(
+                f"NullspaceTrainer needs a NullspaceConfig as `args`, got {type(args).__name__}: build it with "
+                "NullspaceConfig(output_dir=..., noise_mode=...) instead of TrainingArguments."
+            )
+        if model is None or not isinstance(model, nn.Module):
+            raise ValueError("NullspaceTrainer needs `model`: a ViT-family model instance (e.g. from_pretrained).")
+        self.injector = NoiseInjector(model) if args.noise_mode != "none" else None
+        super().__init__(model=model, args=args, **kwargs)
+        self.noise: torch.Tensor | None = None
+        self.noise_history: list[dict[str, Any]] = []
+        self._noise_round = -1
+        self._synthesis_loader: DataLoader | None = None
+        self.ema = EMACallback(args.ema_decay) if args.ema_decay is not None else None
+        if self.ema is not None:
+            self.add_callback(self.ema)
+
+    # ---- Algorithm 1: one noise per round ----
+
+    def _synthesis_batches(self, round_index: int) -> Iterator[dict[str, Any]]:
+        """Endless training minibatches for round ``round_index``: a new one each synthesis step."""
+        if self._synthesis_loader is None:
+            dataset, collator = self.train_dataset, self.data_collator
+            if hasattr(dataset, "column_names"):
+                dataset = self._remove_unused_columns(dataset, description="noise synthesis")
+            else:
+                collator = self._get_collator_with_removed_columns(collator, description="noise synthesis")
+            sampler = _RoundSampler(len(dataset), self.args.seed, self.args.process_index, self.args.world_size)
+            self._synthesis_loader = DataLoader(
+                dataset, batch_size=self.args.per_device_train_batch_size, sampler=sampler, collate_fn=collator,
+                num_workers=self.args.dataloader_num_workers,
+            )
+        sampler = self._synthesis_loader.sampler
+        sampler.round = round_index
+        sampler.pass_index = 0
+        while True:
+            for batch in self._synthesis_loader:
+                yield self._prepare_inputs(batch)
+            sampler.pass_index += 1
+
+    def _make_noise(self, round_index: int) -> NoiseResult:
+        args = self.args
+        generator = torch.Generator().manual_seed(args.seed + 2 * round_index)
+        batches = self._synthesis_batches(round_index)
+        if args.noise_mode == "random":
+            return random_noise(self.model, batches, eps=args.noise_eps, generator=generator)
+        warm = self.noise if args.noise_warm_start else None
+        return synthesize_noise(
+            self.model, batches, eps=args.noise_eps, lr=args.noise_lr, init_limit=args.noise_init_limit,
+            max_steps=args.noise_max_steps, loss=args.noise_loss, log_norm_weight=args.noise_log_norm_weight,
+            init=warm, generator=generator,
+        )
+
+    def refresh_noise(self) -> None:
+        """Synthesise the noise of the current round if it is not there yet (Algorithm 1, line 3)."""
+        round_index = self.state.global_step // self.args.noise_refresh_steps
+        if self.args.noise_mode == "none" or round_index == self._noise_round:
+            return
+        result = self._make_noise(round_index)
+        self.noise, self._noise_round = result.noise, round_index
+        record = {"round": round_index, "step": self.state.global_step, **result.as_dict()}
+        self.noise_history.append(record)
+        self.log({f"noise/{key}": float(value) for key, value in result.as_dict().items()})
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        self.refresh_noise()
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    # ---- Eq. 6: CE(clean) + w·CE(noisy) ----
+
+    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """CE(f(u), y) + w·CE(f(u + ṽ), y) in training (Eq. 6); the clean loss alone in evaluation."""
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        noisy = model.training and self.noise is not None and self.args.noisy_loss_weight > 0
+        if noisy and self.args.noisy_forward == "concat":
+            batch = labels.shape[0]
+            doubled = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == (batch,) else v
+                       for k, v in inputs.items()}
+            mask = torch.cat([torch.zeros(batch), torch.ones(batch)]).to(labels.device)
+            with self.injector.applied(self.noise, sample_mask=mask):
+                outputs = model(**doubled)
+            clean_logits, noisy_logits = outputs.logits.chunk(2)
+            outputs.logits = clean_logits
+        else:
+            outputs = model(**inputs)
+            clean_logits = outputs.logits
+            if noisy:
+                with self.injector.applied(self.noise):
+                    noisy_logits = model(**inputs).logits
+        loss = self._cross_entropy(clean_logits, labels)
+        if noisy:
+            loss = loss + self.args.noisy_loss_weight * self._cross_entropy(noisy_logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- EMA for evaluation and the final model ----
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        if self.ema is None:
+            return super().evaluate(*args, **kwargs)
+        with self.ema.swapped_into(self.model):
+            return super().evaluate(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (the EMA weights when on) with the noise files beside it."""
+        if self.ema is not None and not _internal_call:
+            with self.ema.swapped_into(self.model):
+                super().save_model(output_dir, _internal_call)
+        else:
+            super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self._save_noise_state(output_dir if output_dir is not None else self.args.output_dir,
+                                   with_ema=_internal_call)
+
+    # ---- checkpoint state ----
+
+    def _save_noise_state(self, directory: str, with_ema: bool) -> None:
+        os.makedirs(directory, exist_ok=True)
+        if self.noise is not None:
+            save_file({"noise": self.noise.detach().float().cpu().contiguous()}, os.path.join(directory, NOISE_FILE),
+                      metadata={"round": str(self._noise_round), "noise_mode": self.args.noise_mode})
+        with open(os.path.join(directory, HISTORY_FILE), "w", encoding="utf-8") as handle:
+            json.dump({"noise_mode": self.args.noise_mode, "round": self._noise_round, "rounds": self.noise_history},
+                      handle, indent=2)
+        if with_ema and self.ema is not None and self.ema.shadow:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.shadow.items()},
+                      os.path.join(directory, EMA_FILE))
+
+    def _load_noise_state(self, checkpoint: str) -> None:
+        history_path = os.path.join(checkpoint, HISTORY_FILE)
+        if os.path.isfile(history_path):
+            with open(history_path, encoding="utf-8") as handle:
+                history = json.load(handle)
+            self.noise_history = history["rounds"]
+            self._noise_round = history["round"]
+        noise_path = os.path.join(checkpoint, NOISE_FILE)
+        if os.path.isfile(noise_path):
+            self.noise = load_file(noise_path)["noise"].to(self.args.device)
+        ema_path = os.path.join(checkpoint, EMA_FILE)
+        if self.ema is not None and os.path.isfile(ema_path):
+            self.ema.shadow = {k: v.to(self.args.device) for k, v in load_file(ema_path).items()}
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Restore the weights through ``from_pretrained`` and the noise state of a checkpoint.
+
+        transformers 5.24 saves ViT checkpoints under the legacy key names and its own resume path
+        loads them without conversion (restoring no encoder weight, with only a warning); loading
+        through ``from_pretrained`` converts them.
+        """
+        target = self.model if model is None else model
+        if isinstance(target, PreTrainedModel) and not self.is_fsdp_enabled:
+            restored = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
+            target.load_state_dict(restored.state_dict())
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_noise_state(resume_from_checkpoint)
+

@@ -1,0 +1,143 @@
+"""Noise injection and synthesis (Eq. 4, 5, 7/8; Table 4's random baseline; Fig. 3's control)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nullspace_hf import NoiseInjector, noise_influence, random_noise, synthesize_noise
+from nullspace_hf.noise import probability_distance
+
+from .helpers import digits_tensors, make_tiny_model, train_briefly
+
+EPS = 0.03
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny ViT (16×16 RGB, patch 4, hidden 32) trained briefly on digits, and train/held-out batches."""
+    pixels, labels = digits_tensors("train")
+    test_pixels, _ = digits_tensors("test")
+    model = train_briefly(make_tiny_model(num_labels=10, image_size=16, patch_size=4, initializer_range=0.02),
+                          pixels, labels, steps=250)
+    train_batches = [pixels[i : i + 64] for i in range(0, len(pixels), 64)]
+    held_out = [test_pixels[i : i + 120] for i in range(0, len(test_pixels), 120)]
+    return model, train_batches, held_out
+
+
+@pytest.mark.parametrize("family,special_tokens", [("vit", 1), ("deit", 2), ("dinov2", 1)])
+def test_injector_adds_noise_after_patch_embedding_and_removal_restores_model(family, special_tokens):
+    model = make_tiny_model(family, hidden_dropout_prob=0.0)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(pixel_values=images, output_hidden_states=True)
+        noise = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+        with NoiseInjector(model) as injector:
+            with injector.applied(noise):
+                noisy = model(pixel_values=images, output_hidden_states=True)
+            idle = model(pixel_values=images).logits
+        after = model(pixel_values=images).logits
+    difference = noisy.hidden_states[0] - before.hidden_states[0]
+    torch.testing.assert_close(difference[:, :special_tokens], torch.zeros_like(difference[:, :special_tokens]))
+    torch.testing.assert_close(difference[:, special_tokens:], noise.expand(2, -1, -1), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(noisy.logits, before.logits)
+    assert torch.equal(idle, before.logits)
+    assert torch.equal(after, before.logits)
+    assert not model.vit.embeddings.patch_embeddings._forward_hooks if family == "vit" else True
+
+
+def test_injector_sample_mask_perturbs_only_masked_samples():
+    model = make_tiny_model()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), NoiseInjector(model) as injector:
+        clean = model(pixel_values=images).logits
+        with injector.applied(torch.randn(16, 32), sample_mask=torch.tensor([0.0, 1.0])):
+            mixed = model(pixel_values=images).logits
+    torch.testing.assert_close(mixed[0], clean[0])
+    assert not torch.allclose(mixed[1], clean[1])
+
+
+def test_injector_shape_mismatch_is_a_clear_error():
+    model = make_tiny_model()
+    with NoiseInjector(model) as injector, injector.applied(torch.zeros(4, 32)):
+        with pytest.raises(ValueError, match=r"noise has shape \(4, 32\) but the patch embeddings have shape \(16, 32\)"):
+            model(pixel_values=torch.zeros(1, 3, 32, 32))
+
+
+def test_synthesised_noise_reaches_eps_and_generalises(trained, record_property):
+    model, train_batches, held_out = trained
+    result = synthesize_noise(model, train_batches, eps=EPS, max_steps=3000, generator=torch.Generator().manual_seed(0))
+    assert result.reached and result.mse_prob < EPS and 0 < result.steps < 3000
+    assert result.noise.shape == (16, 32)
+    assert result.norm == pytest.approx(float(result.noise.norm()))
+    held = noise_influence(model, held_out, result.noise)
+    assert held["mse_prob"] < 5 * EPS, "the noise should stay near the eps-ball on held-out data"
+    permuted = result.noise.flatten()[torch.randperm(result.noise.numel(), generator=torch.Generator().manual_seed(0))]
+    shuffled = noise_influence(model, held_out, permuted.reshape(result.noise.shape))
+    record_property("held_out_mse_prob", held["mse_prob"])
+    record_property("permuted_mse_prob", shuffled["mse_prob"])
+    record_property("held_out_match_rate", held["match_rate"])
+    record_property("permuted_match_rate", shuffled["match_rate"])
+
+
+def test_synthesis_freezes_and_restores_the_model(trained):
+    model, train_batches, _ = trained
+    model.train()
+    model.zero_grad(set_to_none=True)
+    flags = [p.requires_grad for p in model.parameters()]
+    synthesize_noise(model, train_batches, max_steps=3)
+    assert model.training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(m._forward_hooks for m in model.modules())
+    model.eval()
+
+
+def test_max_steps_bounds_the_search_and_init_is_used(trained):
+    model, train_batches, _ = trained
+    init = 5 * torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    result = synthesize_noise(model, train_batches, eps=1e-9, max_steps=4, init=init, lr=0.0)
+    assert result.steps == 4 and not result.reached
+    torch.testing.assert_close(result.noise, init)
+
+
+@pytest.mark.parametrize("loss", ["squared_l2", "l2"])
+def test_losses_and_uniform_init_are_reproducible(trained, loss):
+    model, train_batches, _ = trained
+    runs = [synthesize_noise(model, train_batches, loss=loss, max_steps=50, generator=torch.Generator().manual_seed(7))
+            for _ in range(2)]
+    torch.testing.assert_close(runs[0].noise, runs[1].noise)
+    start = synthesize_noise(model, train_batches, loss=loss, max_steps=0, generator=torch.Generator().manual_seed(7))
+    assert start.noise.abs().max() <= 3.0 and start.noise.abs().max() > 2.5
+
+
+def test_log_norm_term_keeps_a_larger_noise(trained):
+    """Eq. 4's −λ·log‖ṽ‖ explores: at the same ε the noise it finds is larger."""
+    model, train_batches, _ = trained
+    plain = synthesize_noise(model, train_batches, generator=torch.Generator().manual_seed(0))
+    explored = synthesize_noise(model, train_batches, log_norm_weight=1.0, generator=torch.Generator().manual_seed(0))
+    assert plain.reached and explored.reached
+    assert explored.norm > plain.norm
+
+
+def test_random_noise_is_scaled_into_eps(trained):
+    model, train_batches, _ = trained
+    result = random_noise(model, train_batches, eps=EPS, generator=torch.Generator().manual_seed(0))
+    assert result.reached and result.mse_prob < EPS
+    assert result.norm == pytest.approx(float(torch.randn(16, 32, generator=torch.Generator().manual_seed(0)).norm())
+                                        * 0.8**result.steps, rel=1e-4)
+
+
+def test_probability_distance_matches_hand_computation():
+    clean = torch.tensor([[0.0, 0.0]])
+    noisy = torch.tensor([[0.0, torch.log(torch.tensor(3.0))]])
+    # softmax: (0.5, 0.5) vs (0.25, 0.75): 0.25² + 0.25² = 0.125
+    assert float(probability_distance(clean, noisy)) == pytest.approx(0.125)
+
+
+def test_bad_synthesis_inputs_are_clear_errors(trained):
+    model, train_batches, _ = trained
+    with pytest.raises(ValueError, match="Unknown noise loss 'l1'"):
+        synthesize_noise(model, train_batches, loss="l1")
+    with pytest.raises(ValueError, match="batches for noise synthesis are empty"):
+        synthesize_noise(model, [])

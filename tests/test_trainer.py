@@ -1,0 +1,250 @@
+"""NullspaceTrainer: Algorithm 1, Eq. 6, checkpoints and resume, EMA, configuration errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    ViTForImageClassification,
+)
+
+from nullspace_hf import NullspaceConfig, NullspaceTrainer
+
+from .helpers import DictDataset, digits_tensors, make_tiny_model
+
+MODEL = dict(num_labels=10, image_size=16, patch_size=4, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    pixels, labels = digits_tensors("train")
+    return DictDataset(pixels[:256], labels[:256])
+
+
+def _config(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "out"), max_steps=8, per_device_train_batch_size=16, learning_rate=2e-3,
+                  noise_refresh_steps=3, noise_max_steps=40, logging_steps=1, save_strategy="no", report_to="none",
+                  seed=0, use_cpu=True, disable_tqdm=True)
+    values.update(overrides)
+    return NullspaceConfig(**values)
+
+
+def _trainer(tmp_path, dataset, **overrides):
+    return NullspaceTrainer(model=make_tiny_model(**MODEL), args=_config(tmp_path, **overrides), train_dataset=dataset)
+
+
+class _KillAt(TrainerCallback):
+    """Stops training right after the given step (after its checkpoint is written): a simulated kill."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(first, second, atol=1e-6):
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], atol=atol, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("mode", ["nullspace", "random"])
+def test_rounds_are_logged_weights_change_and_files_are_written(tmp_path, dataset, mode):
+    trainer = _trainer(tmp_path, dataset, noise_mode=mode)
+    before = _weights(trainer.model)
+    trainer.train()
+    rounds = [entry for entry in trainer.state.log_history if "noise/norm" in entry]
+    assert [entry["step"] for entry in rounds] == [0, 3, 6]
+    assert len(trainer.noise_history) == 3
+    for entry, record in zip(rounds, trainer.noise_history):
+        assert entry["noise/norm"] == pytest.approx(record["norm"]) and entry["noise/steps"] == record["steps"]
+        assert {"noise/mse_prob", "noise/reached"} <= entry.keys()
+    assert any(not torch.equal(before[k], v) for k, v in _weights(trainer.model).items())
+    trainer.save_model()
+    out = Path(trainer.args.output_dir)
+    noise = load_file(out / "nullspace_noise.safetensors")["noise"]
+    torch.testing.assert_close(noise, trainer.noise.cpu())
+    assert noise.shape == (16, 32)
+    history = json.loads((out / "noise_history.json").read_text())
+    assert history["rounds"] == trainer.noise_history and history["noise_mode"] == mode
+
+
+def test_saved_model_loads_without_the_package(tmp_path, dataset):
+    trainer = _trainer(tmp_path, dataset, max_steps=2)
+    trainer.train()
+    trainer.save_model()
+    pixels = dataset.pixel_values[:4]
+    expected = trainer.model.eval()(pixel_values=pixels).logits
+    torch.save(pixels, tmp_path / "pixels.pt")
+    code = (
+        "import sys, torch\n"
+        "from transformers import ViTForImageClassification\n"
+        f"model = ViTForImageClassification.from_pretrained({trainer.args.output_dir!r}).eval()\n"
+        f"logits = model(pixel_values=torch.load({str(tmp_path / 'pixels.pt')!r})).logits\n"
+        f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n"
+        "assert 'nullspace_hf' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected.detach(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(noise_mode="nullspace"),
+        dict(noise_mode="nullspace", noise_warm_start=True, noisy_forward="concat"),
+        dict(noise_mode="random"),
+        dict(noise_mode="nullspace", ema_decay=0.9, gradient_accumulation_steps=2, per_device_train_batch_size=8),
+    ],
+    ids=["nullspace", "warm-concat", "random", "ema-accumulation"],
+)
+def test_kill_and_resume_gives_the_same_weights_and_noise(tmp_path, dataset, overrides):
+    straight = _trainer(tmp_path / "a", dataset, **overrides)
+    straight.train()
+
+    first = _trainer(tmp_path / "b", dataset, save_strategy="steps", save_steps=4, **overrides)
+    first.add_callback(_KillAt(4))
+    first.train()
+    checkpoint = Path(first.args.output_dir) / "checkpoint-4"
+    assert (checkpoint / "nullspace_noise.safetensors").is_file() and (checkpoint / "noise_history.json").is_file()
+
+    resumed = _trainer(tmp_path / "b", dataset, save_strategy="steps", save_steps=4, **overrides)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+
+    _assert_same_weights(_weights(straight.model), _weights(resumed.model))
+    torch.testing.assert_close(straight.noise, resumed.noise, atol=1e-6, rtol=0)
+    assert [r["step"] for r in resumed.noise_history] == [r["step"] for r in straight.noise_history]
+    if straight.ema is not None:
+        _assert_same_weights(straight.ema.shadow, resumed.ema.shadow)
+
+
+def test_none_mode_is_vanilla_fine_tuning(tmp_path, dataset):
+    ours = _trainer(tmp_path / "ours", dataset, noise_mode="none")
+    ours.train()
+    plain_args = TrainingArguments(output_dir=str(tmp_path / "plain"), max_steps=8, per_device_train_batch_size=16,
+                                   learning_rate=2e-3, save_strategy="no", report_to="none", seed=0, use_cpu=True,
+                                   disable_tqdm=True)
+    plain = Trainer(model=make_tiny_model(**MODEL), args=plain_args, train_dataset=dataset)
+    plain.train()
+    _assert_same_weights(_weights(ours.model), _weights(plain.model), atol=1e-5)
+    assert ours.noise is None and ours.noise_history == []
+
+
+def test_concat_and_separate_forward_give_the_same_training(tmp_path, dataset):
+    # plain SGD: Adam would blow up the float rounding in the (theoretically zero) key-bias gradients
+    separate = _trainer(tmp_path / "s", dataset, noisy_forward="separate", optim="sgd")
+    separate.train()
+    concat = _trainer(tmp_path / "c", dataset, noisy_forward="concat", optim="sgd")
+    concat.train()
+    _assert_same_weights(_weights(separate.model), _weights(concat.model), atol=1e-5)
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, dataset):
+    # noise_max_steps=0 keeps the seeded uniform init, so both runs use the same noise
+    full = _trainer(tmp_path / "full", dataset, noise_max_steps=0, per_device_train_batch_size=16, max_steps=4,
+                    optim="sgd")
+    full.train()
+    accumulated = _trainer(tmp_path / "acc", dataset, noise_max_steps=0, per_device_train_batch_size=8,
+                           gradient_accumulation_steps=2, max_steps=4, optim="sgd")
+    accumulated.train()
+    torch.testing.assert_close(full.noise, accumulated.noise)
+    _assert_same_weights(_weights(full.model), _weights(accumulated.model), atol=1e-5)
+
+
+def test_loss_is_clean_plus_weighted_noisy_cross_entropy(tmp_path, dataset):
+    trainer = _trainer(tmp_path, dataset, noisy_loss_weight=0.5)
+    model = trainer.model.train()
+    trainer.noise = torch.randn(16, 32)
+    inputs = {"pixel_values": dataset.pixel_values[:8], "labels": dataset.labels[:8]}
+    loss = trainer.compute_loss(model, inputs)
+    clean = torch.nn.functional.cross_entropy(model(pixel_values=inputs["pixel_values"]).logits, inputs["labels"])
+    with trainer.injector.applied(trainer.noise):
+        noisy = torch.nn.functional.cross_entropy(model(pixel_values=inputs["pixel_values"]).logits, inputs["labels"])
+    torch.testing.assert_close(loss, clean + 0.5 * noisy)
+    model.eval()
+    torch.testing.assert_close(trainer.compute_loss(model, inputs), clean, msg="evaluation sees the clean loss only")
+
+
+def test_bf16_autocast_on_cpu(tmp_path, dataset):
+    trainer = _trainer(tmp_path, dataset, bf16=True, max_steps=4)
+    trainer.train()
+    assert trainer.noise.dtype == torch.float32
+    assert len(trainer.noise_history) == 2
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_ema_weights_are_evaluated_and_saved(tmp_path, dataset):
+    trainer = _trainer(tmp_path, dataset, ema_decay=0.5, max_steps=4)
+    trainer.train()
+    raw = _weights(trainer.model)
+    trainer.save_model()
+    saved = ViTForImageClassification.from_pretrained(trainer.args.output_dir)
+    for name, tensor in trainer.ema.shadow.items():
+        torch.testing.assert_close(saved.state_dict()[name], tensor)
+    assert any(not torch.equal(raw[k], v) for k, v in trainer.ema.shadow.items())
+    _assert_same_weights(raw, _weights(trainer.model), atol=0)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(noise_eps=0.0), "noise_eps must be > 0"),
+        (dict(noise_eps=-1.0), "noise_eps must be > 0"),
+        (dict(noise_refresh_steps=0), "noise_refresh_steps must be > 0"),
+        (dict(noise_mode="adversarial"), "noise_mode='adversarial' is not one of nullspace, random, none"),
+        (dict(noise_loss="l1"), "noise_loss='l1' is not one of"),
+        (dict(ema_decay=1.5), "ema_decay must be in"),
+    ],
+)
+def test_invalid_config_values_fail_at_construction(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _config(tmp_path, **overrides)
+
+
+def test_model_without_patch_embedding_fails_at_construction(tmp_path, dataset):
+    text_model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(ValueError, match="BertForSequenceClassification has no patch embedding"):
+        NullspaceTrainer(model=text_model, args=_config(tmp_path), train_dataset=dataset)
+
+
+def test_plain_training_arguments_are_refused(tmp_path, dataset):
+    with pytest.raises(ValueError, match="needs a NullspaceConfig"):
+        NullspaceTrainer(model=make_tiny_model(**MODEL), args=TrainingArguments(output_dir=str(tmp_path)),
+                         train_dataset=dataset)
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_identical_noise(tmp_path):
+    script = Path(__file__).parent / "scripts" / "two_rank_training.py"
+    # accelerate 1.15 runs `--cpu --num_processes 2` as ONE process (its simple launcher); `--multi_gpu` on a
+    # machine without GPUs starts two torchrun workers on the CPU with the gloo backend.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert len(ranks[0]["history"]) == 2
+    assert ranks[0]["history"] == ranks[1]["history"]
+    assert torch.equal(ranks[0]["noise"], ranks[1]["noise"])
+    assert any(record["steps"] > 0 for record in ranks[0]["history"]), "the ranks should have synthesised together"
+    _assert_same_weights(ranks[0]["weights"], ranks[1]["weights"], atol=0)
