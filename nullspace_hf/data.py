@@ -36,3 +36,112 @@ def digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> DatasetDict:
         )
 
     return DatasetDict({"train": split(train_idx), "test": split(test_idx)})
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config: str | None = None,
+    data_files: str | dict[str, str] | None = None,
+    train_dir: str | None = None,
+) -> DatasetDict:
+    """Load an image-classification dataset by Hub name, local files or an image folder.
+
+    Exactly one source is used: ``train_dir`` (an ``imagefolder`` tree, class per sub-folder),
+    ``data_files`` (parquet/csv/json/arrow files, or a ``{"train": ..., "test": ...}`` mapping; the
+    builder is inferred from the extension), ``dataset_name`` (a Hub id or a local dataset
+    script/folder), or none of them: scikit-learn's digits (:func:`digits_dataset`).
+
+    Raises:
+        ValueError: the source cannot be loaded, with what to fix.
+    """
+    from datasets import load_dataset
+
+    sources = [name for name, value in
+               (("dataset_name", dataset_name), ("data_files", data_files), ("train_dir", train_dir)) if value]
+    if len(sources) > 1:
+        raise ValueError(f"Give one dataset source, not {' and '.join(sources)}.")
+    if not sources or dataset_name == "digits":
+        return digits_dataset()
+    try:
+        if train_dir:
+            loaded = load_dataset("imagefolder", data_dir=train_dir)
+        elif data_files:
+            files = data_files if isinstance(data_files, dict) else {"train": data_files}
+            first = next(iter(files.values()))
+            first = first[0] if isinstance(first, list) else first
+            builder = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json", "arrow": "arrow"}.get(
+                str(first).rsplit(".", 1)[-1].lower())
+            if builder is None:
+                raise ValueError(f"cannot tell the format of {first!r}: use .parquet, .csv, .json(l) or .arrow files")
+            loaded = load_dataset(builder, data_files=files)
+        else:
+            loaded = load_dataset(dataset_name, dataset_config)
+    except Exception as error:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
+        source = train_dir or data_files or dataset_name
+        raise ValueError(f"Could not load the dataset {source!r}: {type(error).__name__}: {error}") from error
+    if not isinstance(loaded, DatasetDict):
+        loaded = DatasetDict({"train": loaded})
+    return loaded
+
+
+def check_image_classification_columns(dataset: Dataset, image_column: str, label_column: str) -> list[str]:
+    """Check that ``dataset`` has an image column and an integer label column; return the class names.
+
+    Raises:
+        ValueError: a column is missing, the image column does not hold images, or the labels are not
+            class indices.
+    """
+    from datasets import Value
+
+    columns = dataset.column_names
+    for role, column in (("image", image_column), ("label", label_column)):
+        if column not in columns:
+            raise ValueError(
+                f"The dataset has no {role} column {column!r}; its columns are {columns}. "
+                f"Pass --{role}_column with the right name."
+            )
+    if not isinstance(dataset.features[image_column], Image):
+        raise ValueError(
+            f"Column {image_column!r} holds {dataset.features[image_column]}, not images: pass --image_column with "
+            "the column of datasets.Image type."
+        )
+    label_feature = dataset.features[label_column]
+    if isinstance(label_feature, ClassLabel):
+        return list(label_feature.names)
+    if isinstance(label_feature, Value) and label_feature.dtype.startswith("int"):
+        return [str(i) for i in range(int(max(dataset[label_column])) + 1)]
+    raise ValueError(
+        f"Column {label_column!r} holds {label_feature}, not class indices: pass --label_column with an integer "
+        "or ClassLabel column."
+    )
+
+
+class ImageClassificationTransform:
+    """``datasets.Dataset.set_transform`` function: images → ``pixel_values`` by an image processor.
+
+    Args:
+        processor: the checkpoint's image processor (resizing and normalisation come from it).
+        image_column: column of ``PIL`` images.
+        label_column: column of class indices, returned as ``labels``.
+        num_channels: channels the model expects (images are converted to RGB or L accordingly).
+    """
+
+    def __init__(self, processor, image_column: str = "image", label_column: str = "label",
+                 num_channels: int = 3) -> None:
+        self.processor, self.image_column, self.label_column = processor, image_column, label_column
+        self.mode = "RGB" if num_channels == 3 else "L"
+
+    def __call__(self, batch: dict) -> dict:
+        images = [image.convert(self.mode) for image in batch[self.image_column]]
+        pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "labels": batch[self.label_column]}
+
+
+def collate_image_classification(rows: list[dict]) -> dict:
+    """Stack ``pixel_values`` and ``labels`` of transformed rows into a batch."""
+    import torch
+
+    return {
+        "pixel_values": torch.stack([row["pixel_values"] for row in rows]),
+        "labels": torch.tensor([int(row["labels"]) for row in rows]),
+    }

@@ -80,3 +80,22 @@ def plot_nullspace_example(
     figure.savefig(output_path, dpi=150)
     plt.close(figure)
     return {"clean": labels[0], "noisy": labels[1]}
+
+
+def plot_noise_dynamics(noise_history: list[dict], output_path: str | Path) -> None:
+    """Draw Fig. 4's noise panels: the noise norm and the synthesis steps of every round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [record["round"] for record in noise_history]
+    figure, (norm_axis, steps_axis) = plt.subplots(1, 2, figsize=(8, 3.2))
+    norm_axis.plot(rounds, [record["norm"] for record in noise_history], marker="o")
+    norm_axis.set(xlabel="round", ylabel="noise norm ‖ṽ‖", title="Noise norm per round")
+    steps_axis.bar(rounds, [record["steps"] for record in noise_history],
+                   color=["tab:green" if record["reached"] else "tab:red" for record in noise_history])
+    steps_axis.set(xlabel="round", ylabel="synthesis steps", title="Steps to reach ε (red: not reached)")
+    figure.tight_layout()
+    figure.savefig(output_path, dpi=120)
+    plt.close(figure)

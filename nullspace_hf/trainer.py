@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, Trainer
 
 from .callbacks import EMACallback
 from .config import NullspaceConfig
+from .hub import build_model_card, read_results
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
 
 NOISE_FILE = "nullspace_noise.safetensors"
@@ -25,7 +26,7 @@ EMA_FILE = "ema.safetensors"
 PAPER_CITATION = """@article{liu2024approximate,
   title={Approximate Nullspace Augmented Finetuning for Robust Vision Transformers},
   author={Liu, Haoyang and Singh, Aditya and Li, Yijiang and Wang, Haohan},
-  journal={arXiv preprint arXiv:2403.10476},
+  journal={arXiv preprint},
   year={2024}
 }"""
 
@@ -74,7 +75,6 @@ class NullspaceTrainer(Trainer):
     _name = "Nullspace"
     _paper = {
         "title": "Approximate Nullspace Augmented Finetuning for Robust Vision Transformers",
-        "id": "2403.10476",
         "citation": PAPER_CITATION,
     }
     # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
@@ -205,6 +205,28 @@ class NullspaceTrainer(Trainer):
         if self.args.should_save:
             self._save_noise_state(output_dir if output_dir is not None else self.args.output_dir,
                                    with_ema=_internal_call)
+
+    # ---- model card ----
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          dataset_id: str | None = None, **kwargs: Any) -> None:
+        """Write ``README.md`` in ``output_dir`` from the nullspace model-card template.
+
+        The card holds the noise settings, every round's noise statistics, the robustness results of
+        ``output_dir/results.json`` (as a ``model-index``) when present, and a loading snippet.
+        ``Trainer.push_to_hub`` calls it before uploading.
+        """
+        if not self.is_world_process_zero():
+            return
+        output_dir = self.args.output_dir
+        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
+        base_model = getattr(self.model.config, "_name_or_path", None) or None
+        card = build_model_card(
+            model_name=model_name or repo_id.split("/")[-1], repo_id=repo_id, args=self.args,
+            noise_history=self.noise_history, results=read_results(output_dir), base_model=base_model,
+            dataset_name=dataset_name or kwargs.get("dataset"), dataset_id=dataset_id, citation=PAPER_CITATION,
+        )
+        card.save(os.path.join(output_dir, "README.md"))
 
     # ---- checkpoint state ----
 

@@ -1,0 +1,38 @@
+"""Command-line parsing for the recipes: ``HfArgumentParser`` with a ``--config`` YAML file."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+
+def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[Any, ...]:
+    """Parse ``argv`` into the parser's dataclasses; ``--config x.yaml`` supplies defaults.
+
+    Values come, from weakest to strongest, from the dataclass defaults, the YAML file and the
+    command-line flags, so a flag always wins over the file (as in TRL's scripts).
+
+    Raises:
+        ValueError: the YAML file is missing, is not a mapping, or names unknown arguments.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(list(argv))
+    if known.config:
+        try:
+            with open(known.config, encoding="utf-8") as handle:
+                values = yaml.safe_load(handle) or {}
+        except OSError as error:
+            raise ValueError(f"Could not read --config {known.config!r}: {error}") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"--config {known.config!r} must hold a mapping of argument names to values.")
+        accepted = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - accepted)
+        if unknown:
+            raise ValueError(f"--config {known.config!r} has unknown arguments: {', '.join(unknown)}.")
+        parser.set_defaults(**values)
+    return parser.parse_args_into_dataclasses(rest)

@@ -1,0 +1,196 @@
+"""Fine-tune a ViT with approximate-nullspace noise (Algorithm 1), evaluate it before and after, publish it.
+
+    accelerate launch recipes/finetune.py                       # the embedded default (digits, < 5 min)
+    accelerate launch recipes/finetune.py --config recipes/configs/cifar10.yaml
+    accelerate launch recipes/finetune.py --model_name_or_path google/vit-base-patch16-224 \
+        --dataset_name imagenet-1k --max_train_samples 0.1 --push_to_hub --hub_model_id user/vit-b16-nullspace
+
+With no argument the recipe runs `recipes/configs/digits.yaml`: the ViT shipped in
+`recipes/checkpoints/vit-tiny-digits` fine-tuned on scikit-learn's digits. `--config` takes any YAML
+file of the arguments below; command-line flags override it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
+
+from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
+from nullspace_hf.data import (
+    ImageClassificationTransform,
+    check_image_classification_columns,
+    collate_image_classification,
+    load_image_dataset,
+)
+from nullspace_hf.evaluation import evaluate_robustness
+from nullspace_hf.hub import RESULTS_FILE, HubPushError, push_output_dir, summarize_report
+from nullspace_hf.parsing import parse_with_config
+from nullspace_hf.plots import plot_noise_dynamics
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONFIG = HERE / "configs" / "digits.yaml"
+
+
+@dataclass
+class ScriptArguments:
+    """Model, data and evaluation of the recipe (the training settings are in ``NullspaceConfig``)."""
+
+    model_name_or_path: str = field(
+        default=str(HERE / "checkpoints" / "vit-tiny-digits"),
+        metadata={"help": "Checkpoint to fine-tune: a Hub id or a local directory (with its image processor)."},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (none: scikit-learn digits)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    data_files: str | None = field(
+        default=None, metadata={"help": "Local data files: a path, or JSON {\"train\": ..., \"test\": ...}."}
+    )
+    train_dir: str | None = field(default=None, metadata={"help": "An imagefolder directory (one folder per class)."})
+    image_column: str = field(default="image", metadata={"help": "Column of images."})
+    label_column: str = field(default="label", metadata={"help": "Column of class indices."})
+    train_split: str = field(default="train", metadata={"help": "Split to fine-tune on."})
+    eval_split: str = field(default="test", metadata={"help": "Split to evaluate on (before and after)."})
+    max_train_samples: float | None = field(
+        default=None, metadata={"help": "Train on this many samples, or this fraction when < 1 (paper: 0.1)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many samples."})
+    eval_attacks: str = field(default="fgsm", metadata={"help": "Comma-separated attacks, or 'none'."})
+    eval_corruptions: str = field(default="all", metadata={"help": "Comma-separated corruptions, a group, or 'none'."})
+    eval_severities: str = field(default="1,2,3,4,5", metadata={"help": "Comma-separated corruption severities."})
+    eval_batch_size: int = field(default=128, metadata={"help": "Batch size of the robustness evaluation."})
+
+
+def _subsample(dataset, limit: float | None, seed: int):
+    if limit is None:
+        return dataset
+    count = int(limit * len(dataset)) if limit < 1 else int(limit)
+    if count < 1:
+        raise ValueError(f"max_train_samples={limit} leaves no sample of {len(dataset)}.")
+    return dataset.shuffle(seed=seed).select(range(min(count, len(dataset))))
+
+
+def _names(text: str) -> list[str] | None:
+    return None if text.strip().lower() == "none" else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def load_data(script_args: ScriptArguments, seed: int):
+    """Load and check the train and evaluation splits; return them with the class names."""
+    files = script_args.data_files
+    if files and files.lstrip().startswith("{"):
+        files = json.loads(files)
+    data = load_image_dataset(script_args.dataset_name, script_args.dataset_config, files, script_args.train_dir)
+    for split in (script_args.train_split, script_args.eval_split):
+        if split not in data:
+            raise ValueError(f"The dataset has no split {split!r}; its splits are {list(data)}. "
+                             "Pass --train_split / --eval_split.")
+    names = check_image_classification_columns(data[script_args.train_split], script_args.image_column,
+                                               script_args.label_column)
+    check_image_classification_columns(data[script_args.eval_split], script_args.image_column,
+                                       script_args.label_column)
+    train = _subsample(data[script_args.train_split], script_args.max_train_samples, seed)
+    evaluation = data[script_args.eval_split]
+    if script_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
+    return train, evaluation, names
+
+
+def load_model(script_args: ScriptArguments, names: list[str]):
+    """The checkpoint and its image processor; a new head when the dataset has other classes."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(script_args.model_name_or_path)
+        model = AutoModelForImageClassification.from_pretrained(script_args.model_name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Could not load {script_args.model_name_or_path!r} with its image processor: {error}") \
+            from error
+    if model.config.num_labels != len(names):
+        model = AutoModelForImageClassification.from_pretrained(
+            script_args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True)
+    patch_embedding_nullspace(model)  # a clear error now for models without a patch embedding
+    return model, processor
+
+
+def evaluate(model, processor, dataset, script_args: ScriptArguments, training_args: NullspaceConfig, name: str):
+    """Clean, attack and corruption accuracy of ``model`` on the evaluation split."""
+    return evaluate_robustness(
+        model, dataset, image_processor=processor, attacks=_names(script_args.eval_attacks),
+        corruptions=_names(script_args.eval_corruptions),
+        severities=[int(s) for s in script_args.eval_severities.split(",")],
+        batch_size=script_args.eval_batch_size, seed=training_args.seed, image_column=script_args.image_column,
+        label_column=script_args.label_column, cache_dir=os.path.join(training_args.output_dir, "corruption_cache"),
+        dataset_name=name,
+    )
+
+
+def print_table(results: dict) -> None:
+    """Before/after table: clean accuracy, attack accuracy, mean corruption accuracy."""
+    summaries = {run: summarize_report(report) for run, report in results.items()}
+    metrics = list(dict.fromkeys(m for summary in summaries.values() for m in summary))
+    print("\n" + "model".ljust(8) + "".join(m.rjust(14) for m in metrics))
+    for run, summary in summaries.items():
+        print(run.ljust(8) + "".join(f"{summary.get(m, float('nan')):14.2f}" for m in metrics))
+    print("(accuracy in %; 'corruption' is the mean over corruptions and severities)\n")
+
+
+def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
+    """Fine-tune, evaluate before and after, write ``output_dir`` completely, then push if asked."""
+    set_seed(training_args.seed)
+    train, evaluation, names = load_data(script_args, training_args.seed)
+    model, processor = load_model(script_args, names)
+    transform = ImageClassificationTransform(processor, script_args.image_column, script_args.label_column,
+                                             model.config.num_channels)
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False  # the finished output_dir is pushed at the end, once complete
+    training_args.remove_unused_columns = False  # the transform needs the image column
+    dataset_name = script_args.dataset_name or ("digits" if not (script_args.data_files or script_args.train_dir)
+                                                else Path(str(script_args.data_files or script_args.train_dir)).stem)
+    trainer = NullspaceTrainer(
+        model=model, args=training_args, train_dataset=train.with_transform(transform),
+        data_collator=collate_image_classification, processing_class=processor,
+    )
+    results = {"before": evaluate(model, processor, evaluation, script_args, training_args, dataset_name).to_dict()}
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    results["after"] = evaluate(trainer.model, processor, evaluation, script_args, training_args,
+                                dataset_name).to_dict()
+    if trainer.is_world_process_zero():
+        output = Path(training_args.output_dir)
+        (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        if trainer.noise_history:
+            plot_noise_dynamics(trainer.noise_history, output / "noise_dynamics.png")
+        trainer.create_model_card(dataset_name=dataset_name, dataset_id=script_args.dataset_name)
+        print_table(results)
+        print(f"Wrote {output}: model.safetensors, README.md (model card), {RESULTS_FILE}, noise files"
+              + (", noise_dynamics.png" if trainer.noise_history else ""))
+        if push:
+            repo_id = training_args.hub_model_id or output.name
+            url = push_output_dir(str(output), repo_id, token=training_args.hub_token,
+                                  private=training_args.hub_private_repo, revision=training_args.hub_revision)
+            print(f"Pushed to {repo_id}: {url}")
+    return results
+
+
+def make_parser() -> HfArgumentParser:
+    """The recipe's parser: :class:`ScriptArguments` and :class:`NullspaceConfig`."""
+    return HfArgumentParser((ScriptArguments, NullspaceConfig))
+
+
+def cli(argv: list[str]) -> int:
+    """Run the recipe; user errors end with one line on stderr and exit status 2."""
+    if not argv:
+        print(f"No arguments: running the embedded default ({DEFAULT_CONFIG.relative_to(HERE.parent)}).")
+        argv = ["--config", str(DEFAULT_CONFIG)]
+    try:
+        main(*parse_with_config(make_parser(), argv))
+    except (ValueError, HubPushError) as error:
+        print(f"finetune.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,192 @@
+"""`recipes/finetune.py`: configuration, data errors, the Hub round trip and the embedded default."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+
+from nullspace_hf.data import digits_dataset
+from nullspace_hf.parsing import parse_with_config
+
+from .helpers import save_tiny_model
+from .hub_server import LoopbackHub
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "finetune.py"
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("finetune_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return _recipe()
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """Digits as local parquet files (train 200, test 40) and a tiny 10-class ViT with its processor."""
+    root = tmp_path_factory.mktemp("data")
+    data = digits_dataset()
+    data["train"].select(range(200)).to_parquet(str(root / "train.parquet"))
+    data["test"].select(range(40)).to_parquet(str(root / "test.parquet"))
+    save_tiny_model(root / "model", num_labels=10)
+    return root
+
+
+def _fast_args(root: Path, output_dir: Path, *extra: str) -> list[str]:
+    return ["--model_name_or_path", str(root / "model"),
+            "--data_files", json.dumps({"train": str(root / "train.parquet"), "test": str(root / "test.parquet")}),
+            "--output_dir", str(output_dir), "--max_steps", "4", "--per_device_train_batch_size", "16",
+            "--noise_refresh_steps", "2", "--noise_max_steps", "20", "--save_strategy", "no", "--report_to", "none",
+            "--eval_attacks", "fgsm", "--eval_corruptions", "gaussian_noise", "--eval_severities", "1",
+            "--disable_tqdm", "true", *extra]
+
+
+def test_config_file_sets_values_and_flags_win(recipe, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"noise_eps": 0.1, "max_steps": 7, "image_column": "img", "output_dir": "a"}))
+    script, training = parse_with_config(recipe.make_parser(), ["--config", str(config), "--noise_eps", "0.05"])
+    assert training.noise_eps == 0.05
+    assert training.max_steps == 7 and script.image_column == "img" and training.output_dir == "a"
+
+
+def test_config_with_unknown_keys_is_refused(recipe, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"noise_epsilon": 0.1}))
+    with pytest.raises(ValueError, match="unknown arguments: noise_epsilon"):
+        parse_with_config(recipe.make_parser(), ["--config", str(config)])
+
+
+def test_shipped_configs_parse(recipe):
+    for config in sorted((ROOT / "recipes" / "configs").glob("*.yaml")):
+        script, training = parse_with_config(_recipe().make_parser(), ["--config", str(config)])
+        assert training.noise_refresh_steps == 40 and training.noise_eps == 0.03, config.name
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (["--data_files", "/nonexistent/train.parquet"], "Could not load the dataset"),
+        (["--dataset_name", "/nonexistent/dataset-dir"], "Could not load the dataset"),
+        (["--label_column", "labels"], "no label column 'labels'"),
+        (["--image_column", "label"], "Column 'label' holds"),
+        (["--eval_split", "validation"], "no split 'validation'"),
+    ],
+    ids=["missing-file", "bad-dataset-name", "missing-label-column", "non-image-column", "missing-split"],
+)
+def test_bad_data_is_one_clear_error_before_training(recipe, small_data, tmp_path, capsys, change, message):
+    output = tmp_path / "out"
+    args = _fast_args(small_data, output)
+    if change[0] in ("--data_files", "--dataset_name"):
+        index = args.index("--data_files")
+        del args[index : index + 2]
+    assert recipe.cli(args + change) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert not (output / "model.safetensors").exists()
+
+
+def _run_recipe(args: list[str], endpoint: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "test-token",
+           "HF_HOME": str(cwd / "hf_home")}
+    return subprocess.run([sys.executable, str(RECIPE), *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_push_to_loopback_hub_and_pull_back(small_data, tmp_path):
+    output = tmp_path / "out"
+    with LoopbackHub() as hub:
+        result = _run_recipe(_fast_args(small_data, output, "--push_to_hub", "true", "--hub_model_id", "user/tiny-ns"),
+                             hub.endpoint, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        pushed = hub.state.repos["user/tiny-ns"]["files"]
+        assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "results.json",
+                "nullspace_noise.safetensors", "noise_history.json"} <= set(pushed)
+        assert not any(name.startswith(("checkpoint-", "corruption_cache")) for name in pushed)
+
+        card = ModelCard(pushed["README.md"].decode())
+        assert {"nullspace", "robustness", "vision-transformer", "image-classification"} <= set(card.data.tags)
+        metrics = {result.metric_name: result.metric_value for result in card.data.eval_results}
+        after = json.loads((output / "results.json").read_text())["after"]
+        assert metrics["Clean accuracy"] == pytest.approx(after["clean_accuracy"], abs=1e-3)
+        assert "FGSM accuracy" in metrics and "Mean corruption accuracy" in metrics
+        assert "ViTForImageClassification.from_pretrained(\"user/tiny-ns\")" in card.text
+
+        pixels = torch.randn(3, 3, 32, 32)
+        torch.save(pixels, tmp_path / "pixels.pt")
+        code = (
+            "import sys, torch\n"
+            "from transformers import AutoImageProcessor, ViTForImageClassification, pipeline\n"
+            "model = ViTForImageClassification.from_pretrained('user/tiny-ns').eval()\n"
+            "AutoImageProcessor.from_pretrained('user/tiny-ns')\n"
+            "pipeline('image-classification', model='user/tiny-ns')\n"
+            f"torch.save(model(pixel_values=torch.load({str(tmp_path / 'pixels.pt')!r})).logits, 'hub_logits.pt')\n"
+            "assert 'nullspace_hf' not in sys.modules\n"
+        )
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1",
+               "HF_HOME": str(tmp_path / "hf_home_pull")}
+        pulled = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert pulled.returncode == 0, pulled.stderr[-3000:]
+    from transformers import ViTForImageClassification
+
+    local = ViTForImageClassification.from_pretrained(output).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "hub_logits.pt"), local(pixel_values=pixels).logits,
+                                   atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_refusing_hub_leaves_output_dir_intact_with_a_clear_error(small_data, tmp_path):
+    output = tmp_path / "out"
+    with LoopbackHub() as hub:
+        hub.state.fail = True
+        result = _run_recipe(_fast_args(small_data, output, "--push_to_hub", "true", "--hub_model_id", "user/x"),
+                             hub.endpoint, tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "Could not push" in errors[0] and "hf upload user/x" in errors[0]
+    for name in ("model.safetensors", "config.json", "README.md", "results.json", "nullspace_noise.safetensors",
+                 "noise_history.json", "noise_dynamics.png"):
+        assert (output / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_embedded_default_runs_and_its_model_loads_without_the_package(tmp_path):
+    """The README's main job: `accelerate launch recipes/finetune.py` with no argument."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout[result.stdout.index("model "):]
+    assert table.splitlines()[0].split() == ["model", "clean", "fgsm", "corruption"]
+    assert table.splitlines()[1].startswith("before") and table.splitlines()[2].startswith("after")
+    output = tmp_path / "outputs" / "vit-tiny-digits-nullspace"
+    for name in ("model.safetensors", "README.md", "results.json", "nullspace_noise.safetensors",
+                 "noise_history.json", "noise_dynamics.png", "preprocessor_config.json"):
+        assert (output / name).is_file(), name
+    history = json.loads((output / "noise_history.json").read_text())["rounds"]
+    assert len(history) == 5 and all(record["reached"] for record in history)
+    code = ("import sys\nfrom transformers import ViTForImageClassification, pipeline\n"
+            f"ViTForImageClassification.from_pretrained({str(output)!r})\n"
+            f"pipeline('image-classification', model={str(output)!r})\n"
+            "assert 'nullspace_hf' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
