@@ -1,6 +1,7 @@
 """nullspace_hf: approximate nullspace augmented fine-tuning for robust Vision Transformers."""
 
 from .config import NullspaceConfig
+from .evaluation import RobustnessReport, evaluate_robustness
 from .linalg import PatchNullspace, patch_embedding_nullspace
 from .noise import NoiseInjector, NoiseResult, noise_influence, random_noise, synthesize_noise
 from .trainer import NullspaceTrainer
@@ -13,7 +14,9 @@ __all__ = [
     "NullspaceConfig",
     "NullspaceTrainer",
     "PatchNullspace",
+    "RobustnessReport",
     "__version__",
+    "evaluate_robustness",
     "noise_influence",
     "patch_embedding_nullspace",
     "random_noise",

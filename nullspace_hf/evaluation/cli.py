@@ -1,0 +1,145 @@
+"""The ``nullspace-hf evaluate`` door (also used by ``recipes/evaluate.py`` under ``accelerate launch``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+    from .attacks import Attack
+    from .report import RobustnessReport
+
+
+def _number(text: str) -> float:
+    """A float, also written as a fraction such as ``1/255``."""
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError) as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.004 or 1/255)") from error
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the evaluation options to ``parser`` (shared by the CLI and the recipe)."""
+    parser.add_argument("model", metavar="MODEL", help="Local directory or Hub id of an image classifier.")
+    parser.add_argument("--dataset", required=True,
+                        help="'digits' (embedded), a save_to_disk directory, an image folder or a Hub dataset id.")
+    parser.add_argument("--split", default="test", help="Split of --dataset (default: test).")
+    parser.add_argument("--max-samples", type=int, metavar="N", help="Evaluate the first N images only.")
+    parser.add_argument("--image-column", help="Image column (default: found automatically).")
+    parser.add_argument("--label-column", help="Label column (default: found automatically).")
+    parser.add_argument("--attacks", nargs="+", default=["fgsm", "pgd", "cw", "patchfool"], metavar="NAME",
+                        help="Attacks: fgsm, pgd, cw, patchfool, or none (default: all four).")
+    parser.add_argument("--epsilon", type=_number, metavar="EPS",
+                        help="L∞ budget of FGSM and PGD in [0, 1] pixel units, e.g. 1/255 (the default).")
+    parser.add_argument("--pgd-steps", type=int, metavar="N", help="PGD steps (default 10).")
+    parser.add_argument("--pgd-step-size", type=_number, metavar="ALPHA", help="PGD step size (default ε/4).")
+    parser.add_argument("--cw-steps", type=int, metavar="N", help="Carlini–Wagner Adam steps (default 50).")
+    parser.add_argument("--patchfool-steps", type=int, metavar="N", help="PatchFool iterations (default 250).")
+    parser.add_argument("--corruptions", nargs="+", default=["all"], metavar="NAME",
+                        help="Corruption names or a group: all (15 ImageNet-C + 4 extra), imagenet-c, extra, none.")
+    parser.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], metavar="S",
+                        help="Corruption severities, 1 to 5 (default: all).")
+    parser.add_argument("--reference", metavar="MODEL",
+                        help="Reference model for the corruption errors (e.g. the checkpoint before fine-tuning).")
+    parser.add_argument("--ood", action="append", default=[], metavar="NAME=SOURCE",
+                        help="Out-of-distribution set and its Hub id or folder, e.g. imagenet-r=/data/imagenet-r "
+                             "(repeatable; names: imagenet-a, imagenet-r, imagenet-v2, imagenet-sketch, "
+                             "stylized-imagenet, damagenet).")
+    parser.add_argument("--batch-size", type=int, default=32, help="Images per batch and process (default 32).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of random starts and corruptions (default 0).")
+    parser.add_argument("--cache-dir", help="Keep corrupted images here and reuse them in later evaluations.")
+    parser.add_argument("--output", metavar="JSON", help="Write the report as JSON to this file.")
+    parser.add_argument("--markdown", action="store_true", help="Print the report as Markdown (Table-2 layout).")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+
+
+def build_attacks(args: argparse.Namespace) -> list[Attack]:
+    """The attacks named by ``--attacks``, with the hyper-parameters given on the command line."""
+    from .attacks import ATTACKS, resolve_attacks
+
+    names = [name.lower() for name in args.attacks]
+    if names == ["none"]:
+        return []
+    options = {
+        "fgsm": {"epsilon": args.epsilon},
+        "pgd": {"epsilon": args.epsilon, "steps": args.pgd_steps, "step_size": args.pgd_step_size},
+        "cw": {"steps": args.cw_steps},
+        "patchfool": {"steps": args.patchfool_steps},
+    }
+    return resolve_attacks([
+        ATTACKS[name](**{key: value for key, value in options[name].items() if value is not None})
+        if name in ATTACKS else name
+        for name in names
+    ])
+
+
+def _ood_sources(entries: list[str]) -> dict[str, str]:
+    sources = {}
+    for entry in entries:
+        name, sep, source = entry.partition("=")
+        if not sep or not name or not source:
+            raise ValueError(f"--ood takes NAME=SOURCE (e.g. imagenet-r=/data/imagenet-r), got {entry!r}.")
+        sources[name] = source
+    return sources
+
+
+def _process_state() -> PartialState:
+    """accelerate's process state; processes launched together on a machine without GPU talk over gloo.
+
+    ``accelerate launch --cpu`` starts several processes only through MPI; ``accelerate launch
+    --multi_gpu`` (torchrun) starts them anywhere, but accelerate then treats them as distributed only
+    when told they are CPU processes, which this does when no GPU is present.
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    launched_together = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")
+                        or (launched_together and not torch.cuda.is_available()))
+
+
+def run_evaluate(args: argparse.Namespace) -> RobustnessReport:
+    """Run the evaluation the arguments describe; the main process prints the report and writes ``--output``."""
+    from transformers.utils import logging as hf_logging
+
+    from .robustness import evaluate_robustness
+    from .sources import load_eval_dataset
+
+    state = _process_state()
+    hf_logging.disable_progress_bar()
+    attacks = build_attacks(args)
+    dataset = load_eval_dataset(args.dataset, args.split)
+    if args.max_samples is not None:
+        if args.max_samples < 1:
+            raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}.")
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    report = evaluate_robustness(
+        args.model, dataset, attacks=attacks, corruptions=args.corruptions, severities=args.severities,
+        reference_model=args.reference, ood_datasets=_ood_sources(args.ood), batch_size=args.batch_size,
+        seed=args.seed, image_column=args.image_column, label_column=args.label_column, cache_dir=args.cache_dir,
+        dataset_name=f"{args.dataset} ({args.split})",
+        progress=not args.no_progress,
+    )
+    if state.is_main_process:
+        if args.output:
+            report.to_json(args.output)
+        print(report.to_markdown() if args.markdown else report.to_json())
+    return report
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``nullspace-hf evaluate`` on the ``nullspace-hf`` sub-parsers."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="Robustness report: attacks, corruptions (mCE) and OOD sets (paper §5, Table 2).",
+        description="Evaluate an image classifier under FGSM, PGD, CW and PatchFool attacks, ImageNet-C "
+                    "corruptions and out-of-distribution sets; print a JSON or Markdown report.",
+    )
+    add_evaluate_arguments(parser)
+    parser.set_defaults(func=run_evaluate)
+    return parser
