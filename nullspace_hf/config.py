@@ -56,6 +56,13 @@ class NullspaceConfig(TrainingArguments):
         default=False,
         metadata={"help": "Start each synthesis from the previous round's noise instead of a fresh U(-A, A)."},
     )
+    noise_warm_start_scale: float = field(
+        default=2.0,
+        metadata={
+            "help": "With noise_warm_start, the previous noise is multiplied by this factor before the new search, "
+            "so that the search can find the enlarged approximate nullspace of the fine-tuned model."
+        },
+    )
     noisy_loss_weight: float = field(
         default=1.0, metadata={"help": "w in CE(clean) + w * CE(noisy) (Eq. 6 uses 1)."}
     )
@@ -83,7 +90,7 @@ class NullspaceConfig(TrainingArguments):
             problems.append(f"noise_loss={self.noise_loss!r} is not one of {', '.join(NOISE_LOSSES)}")
         if self.noisy_forward not in NOISY_FORWARDS:
             problems.append(f"noisy_forward={self.noisy_forward!r} is not one of {', '.join(NOISY_FORWARDS)}")
-        for name in ("noise_eps", "noise_lr", "noise_init_limit", "noise_refresh_steps"):
+        for name in ("noise_eps", "noise_lr", "noise_init_limit", "noise_refresh_steps", "noise_warm_start_scale"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("noise_max_steps", "noisy_loss_weight", "noise_log_norm_weight"):

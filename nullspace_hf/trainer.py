@@ -129,7 +129,7 @@ class NullspaceTrainer(Trainer):
         batches = self._synthesis_batches(round_index)
         if args.noise_mode == "random":
             return random_noise(self.model, batches, eps=args.noise_eps, generator=generator)
-        warm = self.noise if args.noise_warm_start else None
+        warm = self.noise * args.noise_warm_start_scale if args.noise_warm_start and self.noise is not None else None
         return synthesize_noise(
             self.model, batches, eps=args.noise_eps, lr=args.noise_lr, init_limit=args.noise_init_limit,
             max_steps=args.noise_max_steps, loss=args.noise_loss, log_norm_weight=args.noise_log_norm_weight,
