@@ -212,6 +212,8 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path, dataset):
         (dict(noise_mode="adversarial"), "noise_mode='adversarial' is not one of nullspace, random, none"),
         (dict(noise_loss="l1"), "noise_loss='l1' is not one of"),
         (dict(ema_decay=1.5), "ema_decay must be in"),
+        (dict(noise_warm_start_scale=0.0), "noise_warm_start_scale must be > 0"),
+        (dict(noisy_forward="both"), "noisy_forward='both' is not one of"),
     ],
 )
 def test_invalid_config_values_fail_at_construction(tmp_path, overrides, message):
