@@ -1,5 +1,17 @@
 """nullspace_hf: approximate nullspace augmented fine-tuning for robust Vision Transformers."""
 
+from .applications import (
+    FingerprintMatch,
+    NullspaceFingerprint,
+    TargetedResult,
+    WatermarkResult,
+    attention_rollout,
+    compare_fingerprints,
+    embed_watermark,
+    grad_cam,
+    nullspace_fingerprint,
+    targeted_image,
+)
 from .config import NullspaceConfig
 from .evaluation import RobustnessReport, evaluate_robustness
 from .linalg import PatchNullspace, patch_embedding_nullspace
@@ -9,6 +21,16 @@ from .trainer import NullspaceTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "FingerprintMatch",
+    "NullspaceFingerprint",
+    "TargetedResult",
+    "WatermarkResult",
+    "attention_rollout",
+    "compare_fingerprints",
+    "embed_watermark",
+    "grad_cam",
+    "nullspace_fingerprint",
+    "targeted_image",
     "NoiseInjector",
     "NoiseResult",
     "NullspaceConfig",

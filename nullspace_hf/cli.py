@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from transformers.utils import logging as hf_logging
 
+from .applications.cli import add_watermark_parser
+from .evaluation.cli import add_evaluate_parser
 from .linalg import patch_embedding_nullspace
 from .modeling import load_model
 
@@ -101,6 +103,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nullspace-hf", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_inspect(subparsers)
+    add_evaluate_parser(subparsers)
+    add_watermark_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,94 @@
+"""``nullspace-hf watermark``: embed a logo in an image with nullspace noise (App. E)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from PIL import Image
+from transformers import AutoImageProcessor, BaseImageProcessor
+from transformers.utils import logging as hf_logging
+
+from ..modeling import load_model
+from .inference import model_logits
+from .pixels import PixelSpace, to_pixels
+from .watermark import embed_watermark
+
+
+def _open_image(path: str, role: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except OSError as error:
+        raise ValueError(f"Could not read {role} {path!r}: {error}") from error
+
+
+def _load_processor(model_name: str) -> BaseImageProcessor:
+    try:
+        return AutoImageProcessor.from_pretrained(model_name)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{model_name!r} has no image processor: the watermark needs its resizing and normalisation ({error})"
+        ) from error
+
+
+def run_watermark(args: argparse.Namespace) -> dict:
+    """Embed ``args.logo`` in ``args.image``, write ``args.out`` (and ``args.figure``), print and return a summary."""
+    hf_logging.disable_progress_bar()
+    model = load_model(args.model, for_classification=True)
+    processor = _load_processor(args.model)
+    result = embed_watermark(model, _open_image(args.image, "IMAGE"), _open_image(args.logo, "LOGO"),
+                             args.strength, processor=processor)
+    marked = result.to_pil()
+    try:
+        marked.save(args.out)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Could not write --out {args.out!r}: {error}") from error
+    pixel_space = PixelSpace.from_processor(processor, model.config.num_channels)
+    saved_logits = model_logits(model, to_pixels(marked, model, processor)[None], pixel_space)[0]
+    id2label = model.config.id2label
+    summary = {
+        "out": args.out,
+        "prediction_before": id2label.get(result.prediction_before, str(result.prediction_before)),
+        "prediction_after": id2label.get(result.prediction_after, str(result.prediction_after)),
+        "max_logit_change": result.max_logit_change,
+        "max_logit_change_8bit": float((saved_logits - result.logits_before).abs().max()),
+        "psnr_db": result.psnr,
+    }
+    if args.figure:
+        from .figures import plot_watermark
+
+        plot_watermark(result, args.figure, id2label)
+        summary["figure"] = args.figure
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"wrote {args.out}: prediction {summary['prediction_before']} -> {summary['prediction_after']}, "
+            f"max |Δlogit| {summary['max_logit_change']:.2e} (after 8-bit rounding "
+            f"{summary['max_logit_change_8bit']:.2e}), PSNR {summary['psnr_db']:.1f} dB"
+            + (f"; figure {args.figure}" if args.figure else "")
+        )
+    return summary
+
+
+def add_watermark_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``watermark`` sub-command to the ``nullspace-hf`` parser."""
+    parser = subparsers.add_parser(
+        "watermark",
+        help="Overlay a logo with patch-embedding nullspace noise; the model's output does not change.",
+        description=(
+            "Embed LOGO in IMAGE with exact nullspace noise of MODEL's patch embedding (paper App. E, Eq. 12): "
+            "visible to people, invisible to the model. The result has the model's input size."
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL", help="Local directory or Hub id (with an image processor).")
+    parser.add_argument("image", metavar="IMAGE", help="The picture to mark.")
+    parser.add_argument("logo", metavar="LOGO", help="The watermark picture (resized to the model's input size).")
+    parser.add_argument("--out", required=True, metavar="PNG", help="Where to write the watermarked image.")
+    parser.add_argument("--figure", metavar="PNG", help="Also draw Fig. 6 (image, logo, noise, result) here.")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="How far towards the logo to go; 1 aims at reproducing it (default 1).")
+    parser.add_argument("--json", action="store_true", help="Print the summary as JSON.")
+    parser.set_defaults(func=run_watermark)
