@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset, DatasetDict, Image, load_from_disk
 
-from ..data import digits_dataset
+from ..data import load_image_dataset
 
 
 def load_eval_dataset(name_or_path: str, split: str = "test") -> Dataset:
@@ -20,22 +20,20 @@ def load_eval_dataset(name_or_path: str, split: str = "test") -> Dataset:
     Raises:
         ValueError: nothing loadable there, or no such split (the message lists the splits).
     """
-    try:
-        if name_or_path == "digits":
-            loaded: Dataset | DatasetDict = digits_dataset()
-        elif os.path.isdir(name_or_path) and any(os.path.isfile(os.path.join(name_or_path, marker))
-                                                 for marker in ("dataset_info.json", "dataset_dict.json")):
-            loaded = load_from_disk(name_or_path)
-        elif os.path.isdir(name_or_path):
-            loaded = load_dataset("imagefolder", data_dir=name_or_path)
-        elif os.path.exists(name_or_path):
-            raise ValueError(f"{name_or_path!r} is a file: give a dataset directory, an image folder or a Hub id.")
-        elif name_or_path.startswith((os.sep, ".", "~")):
-            raise ValueError(f"{name_or_path!r} does not exist: give a dataset directory, an image folder or a Hub id.")
-        else:
-            loaded = load_dataset(name_or_path)
-    except (OSError, ConnectionError, FileNotFoundError) as error:
-        raise ValueError(f"Could not load a dataset from {name_or_path!r}: {error}") from error
+    if os.path.isdir(name_or_path) and any(os.path.isfile(os.path.join(name_or_path, marker))
+                                           for marker in ("dataset_info.json", "dataset_dict.json")):
+        try:
+            loaded: Dataset | DatasetDict = load_from_disk(name_or_path)
+        except OSError as error:
+            raise ValueError(f"Could not load a dataset from {name_or_path!r}: {error}") from error
+    elif os.path.isdir(name_or_path):
+        loaded = load_image_dataset(train_dir=name_or_path)
+    elif os.path.exists(name_or_path):
+        raise ValueError(f"{name_or_path!r} is a file: give a dataset directory, an image folder or a Hub id.")
+    elif name_or_path.startswith((os.sep, ".", "~")):
+        raise ValueError(f"{name_or_path!r} does not exist: give a dataset directory, an image folder or a Hub id.")
+    else:
+        loaded = load_image_dataset(dataset_name=name_or_path)
     if isinstance(loaded, Dataset):
         return loaded
     if split in loaded:
