@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from .helpers import save_tiny_model
 
@@ -13,3 +14,13 @@ def tiny_vit_dir(tmp_path):
     path = tmp_path / "tiny-vit"
     save_tiny_model(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: tiny models gain nothing from more, and lose much when the CPU
+    is shared. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

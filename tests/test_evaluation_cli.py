@@ -12,7 +12,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-import torch
 
 from nullspace_hf.cli import main
 from nullspace_hf.data import digits_dataset
@@ -22,13 +21,7 @@ from .helpers import save_tiny_model
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "evaluate.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
