@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import torch
 from transformers import (
     BeitConfig,
@@ -85,3 +87,10 @@ def train_briefly(model, pixels: torch.Tensor, labels: torch.Tensor, steps: int 
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for torchrun's rendezvous in multi-process tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

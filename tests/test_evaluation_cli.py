@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from fractions import Fraction
@@ -16,7 +15,7 @@ import pytest
 from nullspace_hf.cli import main
 from nullspace_hf.data import digits_dataset
 
-from .helpers import save_tiny_model
+from .helpers import free_port, save_tiny_model
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "evaluate.py"
 
@@ -68,12 +67,6 @@ def test_cli_user_errors_are_one_line(saved, capsys, arguments, message):
     assert error.startswith("nullspace-hf evaluate: error:") and message in error and "\n" not in error
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_count_each_sample_once(saved, tmp_path, capsys):
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
@@ -81,7 +74,7 @@ def test_two_processes_count_each_sample_once(saved, tmp_path, capsys):
               "--severities", "2", "--batch-size", "8", "--no-progress"]
     launched = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(RECIPE), str(saved / "model"),
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(RECIPE), str(saved / "model"),
          *common, "--output", str(tmp_path / "two.json")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

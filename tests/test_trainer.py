@@ -21,7 +21,7 @@ from transformers import (
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 
-from .helpers import DictDataset, digits_tensors, make_tiny_model
+from .helpers import DictDataset, digits_tensors, free_port, make_tiny_model
 
 MODEL = dict(num_labels=10, image_size=16, patch_size=4, initializer_range=0.2)
 
@@ -240,7 +240,8 @@ def test_two_processes_end_with_identical_noise(tmp_path):
     # accelerate 1.15 runs `--cpu --num_processes 2` as ONE process (its simple launcher); `--multi_gpu` on a
     # machine without GPUs starts two torchrun workers on the CPU with the gloo backend.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path)]
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(script), str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
