@@ -9,18 +9,15 @@ import torch
 from PIL import Image
 from transformers import BaseImageProcessor, PreTrainedModel
 
+from .evaluation.pixels import PixelTransform
 from .linalg import patch_embedding_nullspace
 
 
 def _to_display(pixel_values: torch.Tensor, processor: BaseImageProcessor) -> np.ndarray:
-    """Undo the processor's normalisation of one ``(c, H, W)`` image and clip it to [0, 1] for display."""
-    image = pixel_values.detach().to(torch.float32).cpu()
-    if getattr(processor, "do_normalize", False):
-        channels = image.shape[0]
-        mean = torch.tensor(processor.image_mean, dtype=torch.float32).reshape(-1, 1, 1)[:channels]
-        std = torch.tensor(processor.image_std, dtype=torch.float32).reshape(-1, 1, 1)[:channels]
-        image = image * std + mean
-    array = image.clamp(0, 1).permute(1, 2, 0).numpy()
+    """Undo the processor's rescale and normalisation of one ``(c, H, W)`` image; clip to [0, 1] for display."""
+    image = pixel_values.detach().to(torch.float64).cpu()
+    scale, offset = PixelTransform.from_processor(processor, image.shape[0]).affine()
+    array = ((image - offset.view(-1, 1, 1)) / scale.view(-1, 1, 1)).clamp(0, 1).permute(1, 2, 0).numpy()
     return array[..., 0] if array.shape[-1] == 1 else array
 
 

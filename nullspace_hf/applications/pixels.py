@@ -18,11 +18,7 @@ import torch
 from PIL import Image
 from transformers import BaseImageProcessor, PreTrainedModel
 
-
-def _per_channel(values: float | list[float], num_channels: int) -> torch.Tensor:
-    """A processor's mean or std as a ``(c,)`` float64 tensor (a scalar is repeated)."""
-    tensor = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-    return tensor.expand(num_channels).clone() if tensor.numel() == 1 else tensor[:num_channels].clone()
+from ..evaluation.pixels import PixelTransform
 
 
 @dataclass(frozen=True)
@@ -44,17 +40,9 @@ class PixelSpace:
 
     @classmethod
     def from_processor(cls, processor: BaseImageProcessor | None, num_channels: int) -> PixelSpace:
-        """Read the rescale factor, mean and std of an image processor (``None``: identity)."""
-        if processor is None:
-            return cls.identity(num_channels)
-        factor = 255.0 * processor.rescale_factor if getattr(processor, "do_rescale", False) else 255.0
-        scale = torch.full((num_channels,), factor, dtype=torch.float64)
-        offset = torch.zeros(num_channels, dtype=torch.float64)
-        if getattr(processor, "do_normalize", False):
-            mean = _per_channel(processor.image_mean, num_channels)
-            std = _per_channel(processor.image_std, num_channels)
-            scale, offset = scale / std, -mean / std
-        return cls(scale, offset)
+        """Read the rescale factor, mean and std of an image processor (``None``: identity), through
+        :meth:`~nullspace_hf.evaluation.pixels.PixelTransform.from_processor`."""
+        return cls(*PixelTransform.from_processor(processor, num_channels).affine())
 
     def to_model_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """Map ``(…, c, H, W)`` pixels to the model's input space (dtype of ``pixels``)."""

@@ -31,11 +31,14 @@ class PixelTransform:
 
     @classmethod
     def from_processor(cls, processor: Any, num_channels: int) -> PixelTransform:
-        """Read ``do_rescale``, ``rescale_factor``, ``do_normalize``, ``image_mean`` and ``image_std``.
+        """Read ``do_rescale``, ``rescale_factor``, ``do_normalize``, ``image_mean`` and ``image_std``
+        (``None``: a model that takes [0, 1] pixels as they are).
 
         Raises:
             ValueError: the processor's mean/std have another number of channels than the model.
         """
+        if processor is None:
+            return cls(scale=1.0, mean=(0.0,) * num_channels, std=(1.0,) * num_channels)
         scale = 255.0 * float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 255.0
         if getattr(processor, "do_normalize", False):
             mean = _per_channel(processor.image_mean, num_channels)
@@ -49,6 +52,12 @@ class PixelTransform:
         else:
             mean, std = (0.0,) * num_channels, (1.0,) * num_channels
         return cls(scale=scale, mean=mean, std=std)
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(a, b)`` (float64, shape ``(c,)``) with ``model_input = pixels · a + b``."""
+        mean = torch.tensor(self.mean, dtype=torch.float64)
+        std = torch.tensor(self.std, dtype=torch.float64)
+        return self.scale / std, -mean / std
 
     def pixel_unit(self) -> torch.Tensor:
         """Size of one unit of the model's normalised input, in pixel units, per channel: ``std / scale``."""
