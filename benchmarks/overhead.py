@@ -29,7 +29,8 @@ import torch
 from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
-from nullspace_hf.noise import NoiseInjector, _frozen_eval, exploration_loss, probability_distance
+from nullspace_hf.modeling import frozen_eval
+from nullspace_hf.noise import NoiseInjector, exploration_loss, probability_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
@@ -127,7 +128,7 @@ def step_times(args: argparse.Namespace, rows: TensorRows, repeats: int = 20) ->
             noise.grad = None
 
         def implemented() -> None:
-            with _frozen_eval(model), autocast:
+            with frozen_eval(model), autocast:
                 with torch.no_grad():
                     clean = model(pixel_values=batch).logits
                 with injector.applied(noise):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedModel
@@ -76,3 +78,21 @@ def load_model(name_or_path: str, *, for_classification: bool = False) -> PreTra
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"Could not load a model from {name_or_path!r}: {error}") from error
 
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no weight gradients inside the block; both restored afterwards.
+
+    Noise synthesis and adversarial example search only need gradients with respect to their input.
+    """
+    was_training = model.training
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    model.eval()
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        model.train(was_training)

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .modeling import input_embedding_module, patch_projection
+from .modeling import frozen_eval, input_embedding_module, patch_projection
 
 Batch = Mapping[str, Any] | torch.Tensor
 
@@ -164,22 +164,6 @@ def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
             raise ValueError("The batches for noise synthesis are empty: give at least one batch of images.")
 
 
-@contextmanager
-def _frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no weight gradients inside the block; both restored afterwards."""
-    was_training = model.training
-    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-    model.eval()
-    for parameter, _ in flags:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-        model.train(was_training)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -230,7 +214,7 @@ def synthesize_noise(
         raise ValueError(f"Unknown noise loss {loss!r}: use 'squared_l2' or 'l2'.")
     device = _model_device(model)
     stream = _cycle(batches)
-    with NoiseInjector(model) as injector, _frozen_eval(model):
+    with NoiseInjector(model) as injector, frozen_eval(model):
         inputs = _model_inputs(next(stream), device)
         shape = _embedding_shape(injector, inputs)
         if init is None:
@@ -283,7 +267,7 @@ def random_noise(
     """
     device = _model_device(model)
     stream = _cycle(batches)
-    with NoiseInjector(model) as injector, _frozen_eval(model), torch.no_grad():
+    with NoiseInjector(model) as injector, frozen_eval(model), torch.no_grad():
         inputs = _model_inputs(next(stream), device)
         noise = (torch.randn(_embedding_shape(injector, inputs), generator=generator) * std).to(device)
         steps, reached, mse_prob = 0, False, math.inf
@@ -311,7 +295,7 @@ def noise_influence(model: nn.Module, batches: Iterable[Batch], noise: torch.Ten
     """
     device = _model_device(model)
     distances, matches = [], []
-    with NoiseInjector(model) as injector, _frozen_eval(model):
+    with NoiseInjector(model) as injector, frozen_eval(model):
         for batch in batches:
             inputs = _model_inputs(batch, device)
             clean = _logits(model, inputs)

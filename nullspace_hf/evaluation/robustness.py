@@ -21,7 +21,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, PreTrainedModel
 
-from ..modeling import load_model
+from ..modeling import frozen_eval, load_model
 from .attacks import DEFAULT_ATTACKS, Attack, resolve_attacks
 from .corruptions import SEVERITIES, CorruptedSets, check_corruptible, resolve_corruptions, resolve_severities
 from .metrics import ALEXNET_ERRORS, is_official_mce, mean_corruption_error
@@ -193,7 +193,7 @@ def evaluate_robustness(
         if ref_model.config.num_labels != num_labels:
             raise ValueError(f"The reference model has {ref_model.config.num_labels} classes, the model {num_labels}.")
 
-    with _eval_mode(model, reference.model if reference else None):
+    with _frozen(model, reference.model if reference else None):
         counts = _count_correct(classifier, reference, dataset, processor, attack_list, corruption_names,
                                 severity_list, batch_size=batch_size, seed=seed, image_column=image_column,
                                 label_column=label_column, cache_dir=cache_dir,
@@ -233,17 +233,14 @@ def evaluate_robustness(
 
 
 @contextlib.contextmanager
-def _eval_mode(*models: PreTrainedModel | None) -> Iterator[None]:
-    """Put the models in eval mode, and back in their own mode afterwards."""
-    present = [m for m in models if m is not None]
-    modes = [m.training for m in present]
-    for m in present:
-        m.eval()
-    try:
+def _frozen(*models: PreTrainedModel | None) -> Iterator[None]:
+    """Eval mode and no weight gradients for the models (the attacks' backward passes then leave the
+    weights' ``.grad`` untouched, also when called in the middle of training); restored afterwards."""
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            if model is not None:
+                stack.enter_context(frozen_eval(model))
         yield
-    finally:
-        for m, mode in zip(present, modes, strict=True):
-            m.train(mode)
 
 
 def _count_correct(classifier: PixelSpaceClassifier, reference: PixelSpaceClassifier | None, dataset: Dataset,
