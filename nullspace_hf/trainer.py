@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
@@ -95,6 +97,7 @@ class NullspaceTrainer(Trainer):
         self.noise: torch.Tensor | None = None
         self.noise_history: list[dict[str, Any]] = []
         self._noise_round = -1
+        self._loss_part = "both"
         self._synthesis_loader: DataLoader | None = None
         self.ema = EMACallback(args.ema_decay) if args.ema_decay is not None else None
         if self.ema is not None:
@@ -148,8 +151,31 @@ class NullspaceTrainer(Trainer):
         self.log({f"noise/{key}": float(value) for key, value in result.as_dict().items()})
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """Refresh the noise when a round starts, then one step on Eq. 6.
+
+        With ``noisy_forward="separate"`` the clean term is backpropagated before the noisy forward runs
+        (gradients add up, so the step is the same), so only one set of activations is alive at a time;
+        under DDP the first backward skips the gradient all-reduce (``no_sync``) and the second one syncs
+        the sum. DeepSpeed, whose backward also steps the optimizer, gets both terms in one backward.
+        """
         self.refresh_noise()
-        return super().training_step(model, inputs, num_items_in_batch)
+        sequential = (self._noisy_training() and self.args.noisy_forward == "separate"
+                      and self.accelerator.distributed_type != DistributedType.DEEPSPEED)
+        if not sequential:
+            return super().training_step(model, inputs, num_items_in_batch)
+        losses = []
+        for part in ("clean", "noisy"):
+            self._loss_part = part
+            sync = self.accelerator.no_sync(model) if part == "clean" else contextlib.nullcontext()
+            try:
+                with sync:
+                    losses.append(super().training_step(model, inputs, num_items_in_batch))
+            finally:
+                self._loss_part = "both"
+        return losses[0] + losses[1]
+
+    def _noisy_training(self) -> bool:
+        return self.noise is not None and self.args.noisy_loss_weight > 0
 
     # ---- Eq. 6: CE(clean) + w·CE(noisy) ----
 
@@ -163,10 +189,20 @@ class NullspaceTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """CE(f(u), y) + w·CE(f(u + ṽ), y) in training (Eq. 6); the clean loss alone in evaluation."""
+        """CE(f(u), y) + w·CE(f(u + ṽ), y) in training (Eq. 6); the clean loss alone in evaluation.
+
+        During a sequential step (see :meth:`training_step`) one call computes the clean term, the next one
+        the noisy term.
+        """
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        noisy = model.training and self.noise is not None and self.args.noisy_loss_weight > 0
+        noisy = model.training and self._noisy_training()
+        if noisy and self._loss_part == "noisy":
+            with self.injector.applied(self.noise):
+                outputs = model(**inputs)
+            loss = self.args.noisy_loss_weight * self._cross_entropy(outputs.logits, labels)
+            return (loss, outputs) if return_outputs else loss
+        noisy = noisy and self._loss_part == "both"
         if noisy and self.args.noisy_forward == "concat":
             batch = labels.shape[0]
             doubled = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == (batch,) else v
