@@ -12,6 +12,7 @@ from .applications import (
     nullspace_fingerprint,
     targeted_image,
 )
+from .adversarial import AdversarialConfig, AdversarialTrainer
 from .config import NullspaceConfig
 from .evaluation import RobustnessReport, evaluate_robustness
 from .linalg import PatchNullspace, patch_embedding_nullspace
@@ -21,6 +22,8 @@ from .trainer import NullspaceTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdversarialConfig",
+    "AdversarialTrainer",
     "FingerprintMatch",
     "NullspaceFingerprint",
     "TargetedResult",

@@ -19,8 +19,16 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
-from transformers import HfArgumentParser, Trainer, TrainingArguments, ViTConfig, ViTForImageClassification, \
-    ViTImageProcessor, set_seed
+from datasets import Dataset
+from transformers import (
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    set_seed,
+)
 
 from nullspace_hf.data import (
     ImageClassificationTransform,
@@ -49,14 +57,11 @@ class PretrainArguments:
     intermediate_size: int = field(default=128, metadata={"help": "MLP width."})
 
 
-def main(pretrain_args: PretrainArguments, training_args: TrainingArguments) -> dict:
-    """Train the ViT, save it with its image processor, and return the held-out accuracy."""
+def pretrain(train: Dataset, evaluation: Dataset, names: list[str], pretrain_args: PretrainArguments,
+             training_args: TrainingArguments) -> dict:
+    """Train a new ViT of ``pretrain_args``' shape on ``train``, save it with its image processor in
+    ``training_args.output_dir``, and return its metrics on ``evaluation``."""
     set_seed(training_args.seed)
-    files = json.loads(pretrain_args.data_files) if (pretrain_args.data_files or "").startswith("{") \
-        else pretrain_args.data_files
-    data = load_image_dataset(pretrain_args.dataset_name, None, files, pretrain_args.train_dir)
-    names = check_image_classification_columns(data[pretrain_args.train_split], pretrain_args.image_column,
-                                               pretrain_args.label_column)
     processor = ViTImageProcessor(size={"height": pretrain_args.image_size, "width": pretrain_args.image_size})
     transform = ImageClassificationTransform(processor, pretrain_args.image_column, pretrain_args.label_column)
     config = ViTConfig(
@@ -67,8 +72,7 @@ def main(pretrain_args: PretrainArguments, training_args: TrainingArguments) -> 
     )
     trainer = Trainer(
         model=ViTForImageClassification(config), args=training_args,
-        train_dataset=data[pretrain_args.train_split].with_transform(transform),
-        eval_dataset=data[pretrain_args.eval_split].with_transform(transform),
+        train_dataset=train.with_transform(transform), eval_dataset=evaluation.with_transform(transform),
         data_collator=collate_image_classification, processing_class=processor,
         compute_metrics=lambda p: {"accuracy": float(np.mean(np.argmax(p.predictions, -1) == p.label_ids))},
     )
@@ -77,6 +81,17 @@ def main(pretrain_args: PretrainArguments, training_args: TrainingArguments) -> 
     trainer.save_model()
     print(f"held-out accuracy {metrics['eval_accuracy']:.3f}; saved to {training_args.output_dir}")
     return metrics
+
+
+def main(pretrain_args: PretrainArguments, training_args: TrainingArguments) -> dict:
+    """Load the dataset of ``pretrain_args`` and :func:`pretrain` on it."""
+    files = json.loads(pretrain_args.data_files) if (pretrain_args.data_files or "").startswith("{") \
+        else pretrain_args.data_files
+    data = load_image_dataset(pretrain_args.dataset_name, None, files, pretrain_args.train_dir)
+    names = check_image_classification_columns(data[pretrain_args.train_split], pretrain_args.image_column,
+                                               pretrain_args.label_column)
+    return pretrain(data[pretrain_args.train_split], data[pretrain_args.eval_split], names, pretrain_args,
+                    training_args)
 
 
 def make_parser() -> HfArgumentParser:

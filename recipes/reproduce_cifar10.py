@@ -1,0 +1,520 @@
+"""Reproduce the paper's comparisons at CIFAR-10 scale: Tables 2–4 and Figures 3–5 (see docs/results.md).
+
+    accelerate launch recipes/reproduce_cifar10.py                 # the full run (~2 h on 2 CPU cores)
+    accelerate launch recipes/reproduce_cifar10.py --quick         # smoke run on a tiny subset (< 2 min)
+    accelerate launch recipes/reproduce_cifar10.py --train_file my/train --test_file my/test --image_column image
+
+Stages, each written under ``--output_dir`` and skipped when its result is already there (so an
+interrupted run resumes where it stopped):
+
+1. pretrain a small ViT from scratch (patch 8, width 128: nullity 3·8² − 128 = 64) — the "pretrained model";
+2. fine-tune it, same steps and data, with every method (vanilla, random ε-noise, nullspace noise with the
+   paper's schedule and with the fast warm-start schedule, Madry and TRADES PGD training) and seed, and the
+   ε ablation (nullspace and random noise at each ε);
+3. evaluate every model on the test set: clean, FGSM, PGD, 19 corruptions × 5 severities (mean
+   corruption accuracy, and CE relative to the pretrained model);
+4. measure Fig. 3 (learned vs. permuted noise), Fig. 4 (noise and metrics over rounds), Fig. 5 (α·v,
+   α₁v₁ + α₂v₂) with ``nullspace_hf.analysis``;
+5. write ``results.json``, ``results_tables.md`` and the figures to ``--report_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from pretrain import PretrainArguments, pretrain
+from transformers import AutoImageProcessor, HfArgumentParser, TrainingArguments, ViTForImageClassification, set_seed
+
+from nullspace_hf import NullspaceConfig, NullspaceTrainer
+from nullspace_hf.adversarial import AdversarialConfig, AdversarialTrainer
+from nullspace_hf.analysis import RoundMetricsCallback, combination_grid, noise_set, regularization_sweep, scaling_curve
+from nullspace_hf.data import (
+    ImageClassificationTransform,
+    check_image_classification_columns,
+    collate_image_classification,
+    load_image_dataset,
+)
+from nullspace_hf.evaluation import evaluate_robustness
+from nullspace_hf.evaluation.metrics import mean_corruption_error
+from nullspace_hf.hub import summarize_report
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10"
+METHODS = ("vanilla", "random", "nullspace", "nullspace_fast", "madry", "trades")
+METHOD_LABELS = {"vanilla": "Vanilla fine-tuning", "random": "Random ε-noise",
+                 "nullspace": "Nullspace (paper schedule)",
+                 "nullspace_fast": "Nullspace (fast schedule)", "madry": "Madry (PGD)", "trades": "TRADES"}
+MAIN_EPS = 0.03
+
+
+@dataclass
+class ReproduceArguments:
+    """Data, model shape, budgets and output of the reproduction; ``--quick`` shrinks all of them."""
+
+    train_file: str = field(default=str(DEFAULT_DATA / "train.parquet"),
+                            metadata={"help": "Training images: a parquet file or an imagefolder directory."})
+    test_file: str = field(default=str(DEFAULT_DATA / "test.parquet"),
+                           metadata={"help": "Test images: a parquet file or an imagefolder directory."})
+    image_column: str = field(default="img", metadata={"help": "Column of images."})
+    label_column: str = field(default="label", metadata={"help": "Column of class indices."})
+    output_dir: str = field(default="outputs/reproduce_cifar10", metadata={"help": "Models and per-run results."})
+    report_dir: str | None = field(default=None, metadata={
+        "help": "Where results.json, results_tables.md and the figures go (default: <output_dir>/report)."})
+    quick: bool = field(default=False, metadata={
+        "help": "Smoke run: tiny subsets, few steps, one seed (flags given beside it keep their values)."})
+    seeds: str = field(default="0,1,2", metadata={"help": "Fine-tuning seeds."})
+    methods: str = field(default=",".join(METHODS), metadata={"help": f"Comma-separated, from {', '.join(METHODS)}."})
+    ablation_eps: str = field(default="0.01,0.1", metadata={"help": "ε values of Table 4 besides 0.03 ('none')."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training images."})
+    pretrain_epochs: float = field(default=8.0, metadata={"help": "Epochs of pretraining from scratch."})
+    patch_size: int = field(default=8, metadata={"help": "ViT patch size r."})
+    hidden_size: int = field(default=128, metadata={"help": "ViT width d (nullity 3·r² − d)."})
+    num_hidden_layers: int = field(default=6, metadata={"help": "ViT depth."})
+    finetune_steps: int = field(default=240, metadata={"help": "Optimizer steps of every fine-tuning run."})
+    batch_size: int = field(default=64, metadata={"help": "Fine-tuning batch size (also the synthesis batch)."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Fine-tuning learning rate (AdamW, cosine)."})
+    noise_refresh_steps: int = field(default=40, metadata={"help": "Steps between noise syntheses."})
+    noise_max_steps: int = field(default=3000, metadata={"help": "Largest number of synthesis steps per round."})
+    adversarial_epsilon: float = field(default=1 / 255, metadata={"help": "L∞ budget of Madry/TRADES training."})
+    adversarial_steps: int = field(default=3, metadata={"help": "PGD steps per batch in Madry/TRADES training."})
+    eval_samples: int = field(default=1000, metadata={"help": "Test images of the robustness evaluation."})
+    eval_severities: str = field(default="1,2,3,4,5", metadata={"help": "Corruption severities."})
+    round_eval_samples: int = field(default=500, metadata={"help": "Test images of Fig. 4's per-round metrics."})
+    analysis_noises: int = field(default=8, metadata={"help": "Fig. 5: m noises from different initialisations."})
+    analysis_pairs: int = field(default=4, metadata={"help": "Fig. 5: n pairs of noises in the heat-map."})
+    analysis_samples: int = field(default=256, metadata={"help": "Test images that measure noise influence."})
+    analysis_steps: int = field(default=300, metadata={"help": "Fig. 3: synthesis steps per regularisation."})
+    regularization_strengths: str = field(default="0,0.01,0.1,1", metadata={"help": "Fig. 3: λ values of Eq. 4."})
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            quick = {"seeds": "0", "max_train_samples": 256, "pretrain_epochs": 1.0, "finetune_steps": 4,
+                     "batch_size": 16, "noise_refresh_steps": 2, "noise_max_steps": 20, "adversarial_steps": 1,
+                     "eval_samples": 32, "eval_severities": "1", "round_eval_samples": 16, "analysis_noises": 2,
+                     "analysis_pairs": 1, "analysis_samples": 16, "analysis_steps": 5,
+                     "regularization_strengths": "0,1", "ablation_eps": "0.1"}
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, value in quick.items():
+                if getattr(self, name) == defaults[name]:  # flags given with --quick win
+                    setattr(self, name, value)
+        unknown = sorted(set(self.method_list) - set(METHODS))
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown}: choose from {', '.join(METHODS)}.")
+        for name in ("train_file", "test_file"):
+            if not Path(getattr(self, name)).exists():
+                raise ValueError(f"--{name} {getattr(self, name)} does not exist: pass a parquet file or an "
+                                 "imagefolder directory.")
+
+    @property
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [int(s) for s in self.seeds.split(",") if s.strip()]
+
+    @property
+    def eps_list(self) -> list[float]:
+        extra = [] if self.ablation_eps.strip().lower() == "none" else [float(e) for e in self.ablation_eps.split(",")]
+        return sorted({MAIN_EPS, *extra})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fine-tuning run."""
+
+    method: str
+    eps: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-eps{self.eps:g}-seed{self.seed}"
+
+
+def plan_runs(args: ReproduceArguments) -> list[RunSpec]:
+    """Every method at ε = 0.03 for each seed, then nullspace and random noise at the other ε values."""
+    runs = [RunSpec(method, MAIN_EPS, seed) for seed in args.seed_list for method in args.method_list]
+    for eps in args.eps_list:
+        if eps != MAIN_EPS:
+            runs += [RunSpec(method, eps, seed) for seed in args.seed_list for method in ("nullspace", "random")
+                     if method in args.method_list]
+    return runs
+
+
+# ---- data and models ----
+
+def _load_split(path: str, args: ReproduceArguments) -> Dataset:
+    source = Path(path)
+    if source.is_dir():
+        data = load_image_dataset(None, None, None, str(source))
+    else:
+        data = load_image_dataset(None, None, {"train": str(source)}, None)
+    split = data["train"]
+    check_image_classification_columns(split, args.image_column, args.label_column)
+    return split
+
+
+def load_splits(args: ReproduceArguments) -> tuple[Dataset, Dataset, list[str]]:
+    """Train and test sets (the train set cut to ``max_train_samples``) and the class names."""
+    train, test = _load_split(args.train_file, args), _load_split(args.test_file, args)
+    names = check_image_classification_columns(train, args.image_column, args.label_column)
+    if args.max_train_samples is not None:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    return train, test, names
+
+
+def ensure_pretrained(args: ReproduceArguments, train: Dataset, test: Dataset, names: list[str]) -> Path:
+    """Stage 1: the pretrained ViT (reused when ``<output_dir>/pretrained`` holds one)."""
+    directory = Path(args.output_dir) / "pretrained"
+    if (directory / "model.safetensors").is_file():
+        return directory
+    shape = PretrainArguments(image_column=args.image_column, label_column=args.label_column, image_size=32,
+                              patch_size=args.patch_size, hidden_size=args.hidden_size,
+                              num_hidden_layers=args.num_hidden_layers, num_attention_heads=4,
+                              intermediate_size=2 * args.hidden_size)
+    training = TrainingArguments(
+        output_dir=str(directory), num_train_epochs=args.pretrain_epochs, per_device_train_batch_size=128,
+        learning_rate=1e-3, weight_decay=0.05, warmup_steps=0 if args.quick else 200, lr_scheduler_type="cosine",
+        eval_strategy="no", save_strategy="no", logging_steps=100, remove_unused_columns=False, report_to="none",
+        seed=0, disable_tqdm=True)
+    started = time.perf_counter()
+    metrics = pretrain(train, test, names, shape, training)
+    _write_json(directory / "pretrain_metrics.json", {**metrics, "seconds": time.perf_counter() - started})
+    return directory
+
+
+def _training_config(spec: RunSpec, args: ReproduceArguments, output_dir: Path) -> TrainingArguments:
+    common = {"output_dir": str(output_dir), "max_steps": args.finetune_steps,
+              "per_device_train_batch_size": args.batch_size, "learning_rate": args.learning_rate,
+              "lr_scheduler_type": "cosine", "weight_decay": 0.05, "logging_steps": 20, "save_strategy": "no",
+              "report_to": "none", "seed": spec.seed, "remove_unused_columns": False, "disable_tqdm": True}
+    if spec.method in ("madry", "trades"):
+        return AdversarialConfig(adversarial_method=spec.method, adversarial_epsilon=args.adversarial_epsilon,
+                                 adversarial_steps=args.adversarial_steps, **common)
+    noise = {"vanilla": {"noise_mode": "none"}, "random": {"noise_mode": "random"},
+             "nullspace": {"noise_mode": "nullspace"},
+             "nullspace_fast": {"noise_mode": "nullspace", "noise_warm_start": True, "noise_init_limit": 1.0}}
+    return NullspaceConfig(noise_eps=spec.eps, noise_refresh_steps=args.noise_refresh_steps,
+                           noise_max_steps=args.noise_max_steps, **noise[spec.method], **common)
+
+
+def _robustness(model: torch.nn.Module, processor: Any, test: Dataset, args: ReproduceArguments, *,
+                severities: list[int], attacks: tuple[str, ...] = ("fgsm", "pgd")) -> dict[str, Any]:
+    return evaluate_robustness(
+        model, test, image_processor=processor, attacks=attacks, corruptions="all", severities=severities,
+        batch_size=250, seed=0, image_column=args.image_column, label_column=args.label_column,
+        cache_dir=Path(args.output_dir) / "corruption_cache", dataset_name="cifar10", progress=False).to_dict()
+
+
+def _round_metrics(processor: Any, test: Dataset, args: ReproduceArguments):
+    """Fig. 4's measure: clean, FGSM and mean corruption accuracy at severity 3 on a test subset."""
+    subset = test.select(range(min(args.round_eval_samples, len(test))))
+
+    def measure(model: torch.nn.Module) -> dict[str, float]:
+        return summarize_report(_robustness(model, processor, subset, args, severities=[3], attacks=("fgsm",)))
+
+    return measure
+
+
+def finetune_and_evaluate(spec: RunSpec, args: ReproduceArguments, pretrained: Path, train: Dataset,
+                          test: Dataset) -> dict[str, Any]:
+    """Stages 2 and 3 for one run: fine-tune from the pretrained model, then evaluate on the test set."""
+    run_dir = Path(args.output_dir) / "runs" / spec.name
+    set_seed(spec.seed)
+    processor = AutoImageProcessor.from_pretrained(pretrained)
+    model = ViTForImageClassification.from_pretrained(pretrained)
+    transform = ImageClassificationTransform(processor, args.image_column, args.label_column)
+    config = _training_config(spec, args, run_dir)
+    trainer_class = AdversarialTrainer if isinstance(config, AdversarialConfig) else NullspaceTrainer
+    trainer = trainer_class(model=model, args=config, train_dataset=train.with_transform(transform),
+                            data_collator=collate_image_classification, processing_class=processor)
+    tracker = None
+    if spec.seed == args.seed_list[0] and spec.eps == MAIN_EPS and spec.method in ("vanilla", "nullspace"):
+        tracker = RoundMetricsCallback(_round_metrics(processor, test, args), args.noise_refresh_steps)
+        trainer.add_callback(tracker)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    trainer.save_model()
+    severities = [int(s) for s in args.eval_severities.split(",")]
+    return {"method": spec.method, "eps": spec.eps, "seed": spec.seed, "train_seconds": seconds,
+            "report": _robustness(trainer.model, processor, test, args, severities=severities),
+            "noise_history": getattr(trainer, "noise_history", []),
+            "rounds": tracker.records if tracker else [], "final_loss": trainer.state.log_history[-1].get("train_loss")}
+
+
+# ---- analysis (Fig. 3 and Fig. 5) on the pretrained model ----
+
+def _pixel_batches(processor: Any, dataset: Dataset, args: ReproduceArguments, size: int) -> list[torch.Tensor]:
+    transform = ImageClassificationTransform(processor, args.image_column, args.label_column)
+    return list(transform(dataset[:len(dataset)])["pixel_values"].split(size))
+
+
+def analyse_nullspace(args: ReproduceArguments, pretrained: Path, train: Dataset, test: Dataset) -> dict[str, Any]:
+    """Fig. 3 and Fig. 5 measurements on the pretrained model."""
+    processor = AutoImageProcessor.from_pretrained(pretrained)
+    model = ViTForImageClassification.from_pretrained(pretrained)
+    synthesis = _pixel_batches(processor, train.shuffle(seed=0).select(range(min(len(train), 8 * args.batch_size))),
+                               args, args.batch_size)
+    held_out = _pixel_batches(processor, test.select(range(min(len(test), args.analysis_samples))), args, 256)
+    strengths = [float(s) for s in args.regularization_strengths.split(",")]
+    fig3 = regularization_sweep(model, synthesis, held_out, strengths, steps=args.analysis_steps)
+    noises = noise_set(model, synthesis, args.analysis_noises, eps=0.033, max_steps=args.noise_max_steps)
+    vectors = [result.noise for result in noises]
+    alphas = [round(0.25 * i, 2) for i in range(13)]
+    grid_alphas = [round(0.1 * i, 1) for i in range(11)] if not args.quick else [0.0, 0.5, 1.0]
+    generator = torch.Generator().manual_seed(0)
+    pairs = [tuple(vectors[i] for i in torch.randperm(len(vectors), generator=generator)[:2].tolist())
+             for _ in range(args.analysis_pairs)]
+    return {
+        "fig3": fig3,
+        "fig5": {"eps": 0.033, "noises": [result.as_dict() for result in noises], "alphas": alphas,
+                 "scaling": scaling_curve(model, held_out, vectors, alphas), "grid_alphas": grid_alphas,
+                 "grid": combination_grid(model, held_out, pairs, grid_alphas).tolist()},
+    }
+
+
+# ---- tables ----
+
+def relative_ce(report: dict[str, Any], reference: dict[str, Any]) -> float | None:
+    """Mean over corruptions of Σ_s error / Σ_s error of the pretrained model (×100), as ImageNet-C's mCE."""
+    def errors(rep: dict[str, Any]) -> dict[str, dict[int, float]]:
+        return {c: {int(s): 1 - a / 100 for s, a in by.items()} for c, by in rep["corruptions"].items()}
+
+    ces, _ = mean_corruption_error(errors(report), errors(reference))
+    return 100 * sum(ces.values()) / len(ces) if ces else None
+
+
+def run_metrics(result: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+    """The table columns of one run."""
+    summary = summarize_report(result["report"])
+    history = result.get("noise_history") or []
+    return {"clean": summary["clean"], "fgsm": summary.get("fgsm", math.nan), "pgd": summary.get("pgd", math.nan),
+            "corruption": summary.get("corruption", math.nan),
+            "rel_ce": relative_ce(result["report"], reference) or math.nan, "train_seconds": result["train_seconds"],
+            "noise_norm": sum(r["norm"] for r in history) / len(history) if history else math.nan,
+            "synthesis_steps": sum(r["steps"] for r in history) / len(history) if history else math.nan}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def aggregate(results: dict[str, dict[str, Any]], reference: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per (method, ε): mean and std over seeds of every column, and the seeds used."""
+    groups: dict[str, list[dict[str, float]]] = {}
+    for result in results.values():
+        groups.setdefault(f"{result['method']}@{result['eps']:g}", []).append(run_metrics(result, reference))
+    table = {}
+    for key, rows in groups.items():
+        table[key] = {"n": len(rows), **{column: mean_std([row[column] for row in rows]) for column in rows[0]}}
+    return table
+
+
+COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd", "PGD"), ("corruption", "Corruption acc."),
+           ("rel_ce", "Rel. CE (↓)"), ("train_seconds", "Train time (s)"))
+
+
+def _cell(value: tuple[float, float], n: int) -> str:
+    mean, std = value
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def markdown_tables(table: dict[str, dict[str, Any]], reference_row: dict[str, float], methods: list[str],
+                    eps_values: list[float]) -> str:
+    """Table 3 layout (every method at ε = 0.03, the pretrained model first) and Table 4 (ε × noise)."""
+    header = "| Method | " + " | ".join(label for _, label in COLUMNS) + " | seeds |"
+    rule = "|---" * (len(COLUMNS) + 2) + "|"
+    lines = ["### Methods (ε = 0.03 for the noise methods; Table 2/3 layout)", "", header, rule,
+             "| Pretrained (before fine-tuning) | " + " | ".join(
+                 "–" if key == "train_seconds" else f"{reference_row[key]:.2f}" for key, _ in COLUMNS) + " | – |"]
+    for method in methods:
+        row = table.get(f"{method}@{MAIN_EPS:g}")
+        if row:
+            lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(_cell(row[k], row["n"]) for k, _ in COLUMNS)
+                         + f" | {row['n']} |")
+    labels = " | ".join(label for _, label in COLUMNS)
+    lines += ["", "### ε ablation (Table 4 layout)", "",
+              f"| ε | Fine-tuning | {labels} | noise norm | synthesis steps / round | seeds |",
+              "|---" * (len(COLUMNS) + 5) + "|"]
+    for eps in eps_values:
+        for method in ("nullspace", "random"):
+            row = table.get(f"{method}@{eps:g}")
+            if row:
+                lines.append(f"| {eps:g} | {method} | " + " | ".join(_cell(row[k], row["n"]) for k, _ in COLUMNS)
+                             + f" | {_cell(row['noise_norm'], row['n'])} | {_cell(row['synthesis_steps'], row['n'])}"
+                             + f" | {row['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- figures ----
+
+def plot_fig3(records: list[dict[str, float]], path: Path) -> None:
+    """Fig. 3: match rate and MSE probability of learned (solid) and permuted (dashed) noise, and the norm."""
+    strengths = [r["strength"] for r in records]
+    positions = range(len(strengths))
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for kind, style in (("learned", "-o"), ("permuted", "--s")):
+        axes[0].plot(positions, [100 * r[f"{kind}_match_rate"] for r in records], style, label=kind)
+        axes[1].plot(positions, [r[f"{kind}_mse_prob"] for r in records], style, label=kind)
+    axes[2].plot(positions, [r["norm"] for r in records], "-o")
+    for axis, title in zip(axes, ("matching predictions (%)", "MSE probability", "noise L2 norm"), strict=True):
+        axis.set_xticks(list(positions), [f"{s:g}" for s in strengths])
+        axis.set_xlabel("regularisation strength λ (Eq. 4)")
+        axis.set_title(title)
+    axes[0].legend()
+    axes[1].set_yscale("log")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_fig4(nullspace: dict[str, Any], vanilla: dict[str, Any] | None, path: Path) -> None:
+    """Fig. 4: noise norm and synthesis steps per round; test metrics over steps relative to their start."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    history = nullspace["noise_history"]
+    steps = [r["step"] for r in history]
+    axes[0].plot(steps, [r["norm"] for r in history], "-o", label="noise L2 norm")
+    twin = axes[0].twinx()
+    twin.plot(steps, [r["steps"] for r in history], "--s", color="tab:gray", label="synthesis steps")
+    axes[0].set_xlabel("fine-tuning step")
+    axes[0].set_ylabel("noise L2 norm")
+    twin.set_ylabel("synthesis steps")
+    axes[0].set_title("learned noise per round (all reached ε)" if all(r["reached"] for r in history)
+                      else "learned noise per round")
+    for run, style in ((nullspace, "-"), (vanilla, ":")):
+        if not run or not run["rounds"]:
+            continue
+        first = run["rounds"][0]
+        for metric, color in (("clean", "tab:blue"), ("fgsm", "tab:red"), ("corruption", "tab:green")):
+            axes[1].plot([r["step"] for r in run["rounds"]], [r[metric] / first[metric] for r in run["rounds"]],
+                         style, color=color, label=f"{run['method']}: {metric}")
+    axes[1].set_xlabel("fine-tuning step")
+    axes[1].set_ylabel("value / value at step 0")
+    axes[1].set_title("test metrics (solid: nullspace, dotted: vanilla)")
+    axes[1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_fig5(fig5: dict[str, Any], path: Path) -> None:
+    """Fig. 5: MSE probability of α·v (with the line α·ε) and the α₁v₁ + α₂v₂ heat-map."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    alphas = fig5["alphas"]
+    axes[0].plot(alphas, fig5["scaling"], "-o", label="α·v")
+    axes[0].plot(alphas, [a * fig5["eps"] for a in alphas], ":", color="gray", label="α·ε")
+    axes[0].set_xlabel("α")
+    axes[0].set_ylabel("MSE probability")
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    axes[0].set_title(f"scalar multiples (mean of {len(fig5['noises'])} noises)")
+    image = axes[1].imshow(fig5["grid"], origin="lower", cmap="viridis",
+                           extent=(-0.05, fig5["grid_alphas"][-1] + 0.05, -0.05, fig5["grid_alphas"][-1] + 0.05))
+    axes[1].set_xlabel("α₂")
+    axes[1].set_ylabel("α₁")
+    axes[1].set_title("α₁v₁ + α₂v₂: MSE probability")
+    figure.colorbar(image, ax=axes[1])
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ---- driver ----
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _cached(path: Path, compute) -> Any:
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    value = compute()
+    _write_json(path, value)
+    return value
+
+
+def main(args: ReproduceArguments) -> dict[str, Any]:
+    """Run every stage that has no result yet; write the report. Returns the aggregated results."""
+    if PartialState().num_processes > 1:
+        raise ValueError("reproduce_cifar10.py runs its many small jobs in one process: launch it without "
+                         "--num_processes (the fine-tuning recipe itself scales to several processes).")
+    started = time.perf_counter()
+    output = Path(args.output_dir)
+    report_dir = Path(args.report_dir) if args.report_dir else output / "report"
+    train, test, names = load_splits(args)
+    pretrained = ensure_pretrained(args, train, test, names)
+    test = test.select(range(min(args.eval_samples, len(test))))
+    severities = [int(s) for s in args.eval_severities.split(",")]
+    processor = AutoImageProcessor.from_pretrained(pretrained)
+
+    def reference_report() -> dict[str, Any]:
+        return _robustness(ViTForImageClassification.from_pretrained(pretrained), processor, test, args,
+                           severities=severities)
+
+    reference = _cached(output / "pretrained_results.json", reference_report)
+    results = {}
+    for spec in plan_runs(args):
+        print(f"[reproduce] {spec.name}", flush=True)
+        results[spec.name] = _cached(output / "runs" / spec.name / "run_results.json",
+                                     lambda spec=spec: finetune_and_evaluate(spec, args, pretrained, train, test))
+    analysis = _cached(output / "analysis.json", lambda: analyse_nullspace(args, pretrained, train, test))
+
+    table = aggregate(results, reference)
+    reference_row = run_metrics({"report": reference, "train_seconds": math.nan}, reference)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "results_tables.md").write_text(
+        markdown_tables(table, reference_row, args.method_list, args.eps_list), encoding="utf-8")
+    plot_fig3(analysis["fig3"], report_dir / "fig3_learned_vs_permuted.png")
+    first_seed = args.seed_list[0]
+    nullspace_run = results.get(RunSpec("nullspace", MAIN_EPS, first_seed).name)
+    if nullspace_run:
+        plot_fig4(nullspace_run, results.get(RunSpec("vanilla", MAIN_EPS, first_seed).name),
+                  report_dir / "fig4_rounds.png")
+    plot_fig5(analysis["fig5"], report_dir / "fig5_scaling_and_combination.png")
+    pretrain_metrics = json.loads((pretrained / "pretrain_metrics.json").read_text()) \
+        if (pretrained / "pretrain_metrics.json").is_file() else {}
+    summary = {"arguments": dataclasses.asdict(args), "pretrained": {"metrics": pretrain_metrics, **reference_row},
+               "table": {key: {k: v for k, v in row.items()} for key, row in table.items()},
+               "runs": {name: run_metrics(result, reference) for name, result in results.items()},
+               "analysis": analysis, "seconds_this_invocation": time.perf_counter() - started}
+    _write_json(report_dir / "results.json", summary)
+    print((report_dir / "results_tables.md").read_text(encoding="utf-8"))
+    print(f"[reproduce] wrote {report_dir} in {summary['seconds_this_invocation']:.0f} s")
+    return summary
+
+
+def cli(argv: list[str]) -> int:
+    """Parse the arguments and run; bad input ends with one line on stderr and exit status 2."""
+    try:
+        (args,) = HfArgumentParser(ReproduceArguments).parse_args_into_dataclasses(argv)
+        main(args)
+    except ValueError as error:
+        print(f"reproduce_cifar10.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,117 @@
+"""recipes/reproduce_cifar10.py: the --quick smoke run end to end on digits, resuming, tables and errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from nullspace_hf.data import digits_dataset
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    sys.path.insert(0, str(RECIPES))
+    try:
+        spec = importlib.util.spec_from_file_location("reproduce_cifar10", RECIPES / "reproduce_cifar10.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("reproduce_cifar10", None)
+        sys.path.remove(str(RECIPES))
+
+
+@pytest.fixture(scope="module")
+def parquet_data(tmp_path_factory):
+    """Digits as parquet files with CIFAR-10's column names (img, label)."""
+    root = tmp_path_factory.mktemp("cifar-like")
+    data = digits_dataset().rename_column("image", "img")
+    data["train"].select(range(300)).to_parquet(str(root / "train.parquet"))
+    data["test"].select(range(60)).to_parquet(str(root / "test.parquet"))
+    return root
+
+
+def _args(recipe, root: Path, output: Path, *extra: str):
+    from transformers import HfArgumentParser
+
+    argv = ["--quick", "--train_file", str(root / "train.parquet"), "--test_file", str(root / "test.parquet"),
+            "--output_dir", str(output), *extra]
+    (args,) = HfArgumentParser(recipe.ReproduceArguments).parse_args_into_dataclasses(argv)
+    return args
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_table_and_figure_and_resumes(recipe, parquet_data, tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    summary = recipe.main(_args(recipe, parquet_data, output))
+    report = output / "report"
+    for name in ("results.json", "results_tables.md", "fig3_learned_vs_permuted.png", "fig4_rounds.png",
+                 "fig5_scaling_and_combination.png"):
+        assert (report / name).is_file() and (report / name).stat().st_size > 0, name
+    tables = (report / "results_tables.md").read_text()
+    for label in recipe.METHOD_LABELS.values():
+        assert label in tables
+    assert "| 0.1 | nullspace |" in tables and "| 0.1 | random |" in tables
+    expected_runs = {spec.name for spec in recipe.plan_runs(_args(recipe, parquet_data, output))}
+    assert set(summary["runs"]) == expected_runs
+    for name, metrics in summary["runs"].items():
+        assert 0 <= metrics["clean"] <= 100 and 0 <= metrics["corruption"] <= 100, name
+        assert not math.isnan(metrics["pgd"]), name
+    nullspace = json.loads((output / "runs" / "nullspace-eps0.03-seed0" / "run_results.json").read_text())
+    assert [r["step"] for r in nullspace["rounds"]] == [0, 2, 4]
+    assert len(nullspace["noise_history"]) == 2
+    assert (output / "runs" / "madry-eps0.03-seed0" / "model.safetensors").is_file()
+    assert len(summary["analysis"]["fig5"]["grid"]) == 3
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(recipe, "finetune_and_evaluate", refuse)
+    monkeypatch.setattr(recipe, "pretrain", refuse)
+    again = recipe.main(_args(recipe, parquet_data, output))
+    assert again["runs"] == summary["runs"]
+
+
+def test_plan_has_every_method_seed_and_ablation(recipe, parquet_data, tmp_path):
+    args = _args(recipe, parquet_data, tmp_path, "--seeds", "0,1", "--ablation_eps", "0.05,0.1")
+    runs = recipe.plan_runs(args)
+    assert len(runs) == len(recipe.METHODS) * 2 + 2 * 2 * 2
+    assert len({run.name for run in runs}) == len(runs)
+    assert {run.eps for run in runs if run.method in ("madry", "trades", "vanilla")} == {0.03}
+
+
+def test_tables_aggregate_seeds_and_relative_ce(recipe):
+    reference = {"clean_accuracy": 50.0, "attacks": {}, "corruptions": {"fog": {1: 60.0, 2: 40.0}}}
+    better = {"clean_accuracy": 52.0, "attacks": {"fgsm": {"accuracy": 30.0}},
+              "corruptions": {"fog": {1: 80.0, 2: 70.0}}}
+    assert recipe.relative_ce(reference, reference) == pytest.approx(100.0)
+    assert recipe.relative_ce(better, reference) == pytest.approx(100 * (0.2 + 0.3) / (0.4 + 0.6))
+    results = {f"run{seed}": {"method": "nullspace", "eps": 0.03, "seed": seed, "train_seconds": 10.0 + seed,
+                              "report": better, "noise_history": [{"norm": 2.0 * (seed + 1), "steps": 5}]}
+               for seed in range(3)}
+    table = recipe.aggregate(results, reference)
+    row = table["nullspace@0.03"]
+    assert row["n"] == 3
+    assert row["train_seconds"] == pytest.approx((11.0, 1.0))
+    assert row["noise_norm"][0] == pytest.approx(4.0)
+    assert recipe.mean_std([1.0]) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--methods", "vanilla,mixup"], "Unknown methods"),
+    (["--train_file", "/nonexistent/train.parquet"], "does not exist"),
+])
+def test_bad_arguments_are_one_clear_error(recipe, parquet_data, tmp_path, capsys, extra, message):
+    argv = ["--quick", "--train_file", str(parquet_data / "train.parquet"), "--test_file",
+            str(parquet_data / "test.parquet"), "--output_dir", str(tmp_path), *extra]
+    assert recipe.cli(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0]
