@@ -215,6 +215,7 @@ def main() -> None:
     variants = {
         "defaults": {},
         "paper": {"noise_warm_start": False, "noise_init_limit": 3.0, "noise_max_steps": 3000, "noise_lr": 0.1},
+        "a1": {"noise_warm_start": False, "noise_init_limit": 1.0},
         "warm": {"noise_warm_start": True, "noise_init_limit": 3.0},
         "warm_a1": {"noise_warm_start": True, "noise_init_limit": 1.0},
         "warm_a1_concat": {"noise_warm_start": True, "noise_init_limit": 1.0, "noisy_forward": "concat"},

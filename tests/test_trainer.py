@@ -156,6 +156,18 @@ def test_concat_and_separate_forward_give_the_same_training(tmp_path, dataset):
     _assert_same_weights(_weights(separate.model), _weights(concat.model), atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_trains_like_eager_mode(tmp_path, dataset, backend):
+    """``torch_compile`` (TrainingArguments) keeps the noise hook working: same noise, same weights."""
+    eager = _trainer(tmp_path / "e", dataset, optim="sgd")
+    eager.train()
+    compiled = _trainer(tmp_path / "c", dataset, optim="sgd", torch_compile=True, torch_compile_backend=backend)
+    compiled.train()
+    assert isinstance(compiled.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)
+    assert [r["steps"] for r in compiled.noise_history] == [r["steps"] for r in eager.noise_history]
+    _assert_same_weights(_weights(eager.model), _weights(compiled.model), atol=1e-5)
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, dataset):
     # noise_max_steps=0 keeps the seeded uniform init, so both runs use the same noise
     full = _trainer(tmp_path / "full", dataset, noise_max_steps=0, per_device_train_batch_size=16, max_steps=4,
