@@ -10,6 +10,7 @@ The plots are drawn by ``recipes/reproduce_cifar10.py``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -98,6 +99,7 @@ class RoundMetricsCallback(TrainerCallback):
     Attributes:
         records: ``{"step": ..., **metrics}`` in order; the trainer's ``noise_history`` has the noise
             statistics of the same rounds.
+        seconds: wall time spent measuring (to leave out of training-time comparisons).
     """
 
     def __init__(self, measure: Callable[[nn.Module], dict[str, float]], refresh_steps: int, every: int = 1):
@@ -105,10 +107,13 @@ class RoundMetricsCallback(TrainerCallback):
             raise ValueError(f"refresh_steps and every must be >= 1, got {refresh_steps} and {every}.")
         self.measure, self.interval = measure, refresh_steps * every
         self.records: list[dict[str, float]] = []
+        self.seconds = 0.0
 
     def _record(self, step: int, model: nn.Module) -> None:
         if not self.records or self.records[-1]["step"] != step:
+            started = time.perf_counter()
             self.records.append({"step": step, **self.measure(model)})
+            self.seconds += time.perf_counter() - started
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: nn.Module | None = None, **kwargs: Any) -> None:

@@ -96,6 +96,7 @@ def test_round_metrics_callback_records_every_round(tmp_path):
     assert [r["step"] for r in tracker.records] == [0, 2, 4, 5]
     assert [r["round"] for r in trainer.noise_history] == [0, 1, 2]
     assert tracker.records[-1]["clean"] == 54.0
+    assert tracker.seconds > 0
 
 
 def test_round_metrics_callback_rejects_bad_interval():
