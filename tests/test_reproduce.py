@@ -70,6 +70,7 @@ def test_quick_run_writes_every_table_and_figure_and_resumes(recipe, parquet_dat
     assert len(nullspace["noise_history"]) == 2
     assert (output / "runs" / "madry-eps0.03-seed0" / "model.safetensors").is_file()
     assert len(summary["analysis"]["fig5"]["grid"]) == 3
+    assert (output / "analysis_fig3.json").is_file() and (output / "analysis_fig5.json").is_file()
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
