@@ -86,6 +86,19 @@ def test_rounds_are_logged_weights_change_and_files_are_written(tmp_path, datase
     assert history["rounds"] == trainer.noise_history and history["noise_mode"] == mode
 
 
+@pytest.mark.parametrize("schedule", [
+    {"noise_init_limit": 3.0},                                 # the paper's
+    {"noise_init_limit": 1.0},                                 # fresh U(-1, 1) each round
+    {"noise_init_limit": 1.0, "noise_warm_start": True},       # warm start
+])
+def test_every_round_of_every_schedule_meets_eps(tmp_path, dataset, schedule):
+    trainer = _trainer(tmp_path, dataset, max_steps=9, noise_max_steps=3000, noise_eps=0.03, **schedule)
+    trainer.train()
+    assert len(trainer.noise_history) == 3
+    for record in trainer.noise_history:
+        assert record["reached"] and record["mse_prob"] < 0.03, record
+
+
 def test_saved_model_loads_without_the_package(tmp_path, dataset):
     trainer = _trainer(tmp_path, dataset, max_steps=2)
     trainer.train()
