@@ -1,6 +1,6 @@
 """Reproduce the paper's comparisons at CIFAR-10 scale: Tables 2–4 and Figures 3–5 (see docs/results.md).
 
-    accelerate launch recipes/reproduce_cifar10.py                 # the full run (~2 h on 2 CPU cores)
+    accelerate launch recipes/reproduce_cifar10.py                 # the full run (~1.5 h on 2 CPU cores)
     accelerate launch recipes/reproduce_cifar10.py --quick         # smoke run on a tiny subset (< 2 min)
     accelerate launch recipes/reproduce_cifar10.py --train_file my/train --test_file my/test --image_column image
 

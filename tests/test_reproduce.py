@@ -116,3 +116,18 @@ def test_bad_arguments_are_one_clear_error(recipe, parquet_data, tmp_path, capsy
     assert recipe.cli(argv) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0]
+
+
+def test_image_folders_load_like_parquet(recipe, parquet_data, tmp_path):
+    """--train_file / --test_file also take image folders (one sub-folder per class)."""
+    data = digits_dataset()
+    for split, count in (("train", 30), ("test", 10)):
+        for index, row in enumerate(data[split].select(range(count))):
+            folder = tmp_path / split / str(row["label"])
+            folder.mkdir(parents=True, exist_ok=True)
+            row["image"].save(folder / f"{index}.png")
+    args = _args(recipe, parquet_data, tmp_path / "out", "--train_file", str(tmp_path / "train"),
+                 "--test_file", str(tmp_path / "test"), "--image_column", "image")
+    train, test, names = recipe.load_splits(args)
+    assert (len(train), len(test)) == (30, 10)
+    assert set(train["label"]) <= set(range(len(names)))
