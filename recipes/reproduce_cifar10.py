@@ -21,6 +21,7 @@ interrupted run resumes where it stopped):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -126,6 +127,10 @@ class ReproduceArguments:
         return [int(s) for s in self.seeds.split(",") if s.strip()]
 
     @property
+    def severity_list(self) -> list[int]:
+        return [int(s) for s in self.eval_severities.split(",")]
+
+    @property
     def eps_list(self) -> list[float]:
         extra = [] if self.ablation_eps.strip().lower() == "none" else [float(e) for e in self.ablation_eps.split(",")]
         return sorted({MAIN_EPS, *extra})
@@ -156,21 +161,20 @@ def plan_runs(args: ReproduceArguments) -> list[RunSpec]:
 
 # ---- data and models ----
 
-def _load_split(path: str, args: ReproduceArguments) -> Dataset:
+def _load_split(path: str, args: ReproduceArguments) -> tuple[Dataset, list[str]]:
+    """One parquet file or image folder, checked, with its class names."""
     source = Path(path)
     if source.is_dir():
         data = load_image_dataset(None, None, None, str(source))
     else:
         data = load_image_dataset(None, None, {"train": str(source)}, None)
     split = data["train"]
-    check_image_classification_columns(split, args.image_column, args.label_column)
-    return split
+    return split, check_image_classification_columns(split, args.image_column, args.label_column)
 
 
 def load_splits(args: ReproduceArguments) -> tuple[Dataset, Dataset, list[str]]:
     """Train and test sets (the train set cut to ``max_train_samples``) and the class names."""
-    train, test = _load_split(args.train_file, args), _load_split(args.test_file, args)
-    names = check_image_classification_columns(train, args.image_column, args.label_column)
+    (train, names), (test, _) = _load_split(args.train_file, args), _load_split(args.test_file, args)
     if args.max_train_samples is not None:
         train = train.select(range(min(args.max_train_samples, len(train))))
     return train, test, names
@@ -250,9 +254,8 @@ def finetune_and_evaluate(spec: RunSpec, args: ReproduceArguments, pretrained: P
     trainer.train()
     seconds = time.perf_counter() - started - (tracker.seconds if tracker else 0.0)  # Fig. 4's measurements aside
     trainer.save_model()
-    severities = [int(s) for s in args.eval_severities.split(",")]
     return {"method": spec.method, "eps": spec.eps, "seed": spec.seed, "train_seconds": seconds,
-            "report": _robustness(trainer.model, processor, test, args, severities=severities),
+            "report": _robustness(trainer.model, processor, test, args, severities=args.severity_list),
             "noise_history": getattr(trainer, "noise_history", []),
             "rounds": tracker.records if tracker else [], "final_loss": trainer.state.log_history[-1].get("train_loss")}
 
@@ -476,12 +479,11 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
     train, test, names = load_splits(args)
     pretrained = ensure_pretrained(args, train, test, names)
     test = test.select(range(min(args.eval_samples, len(test))))
-    severities = [int(s) for s in args.eval_severities.split(",")]
     processor = AutoImageProcessor.from_pretrained(pretrained)
 
     def reference_report() -> dict[str, Any]:
         return _robustness(ViTForImageClassification.from_pretrained(pretrained), processor, test, args,
-                           severities=severities)
+                           severities=args.severity_list)
 
     reference = _cached(output / "pretrained_results.json", reference_report)
     results = {}
@@ -489,15 +491,9 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
         print(f"[reproduce] {spec.name}", flush=True)
         results[spec.name] = _cached(output / "runs" / spec.name / "run_results.json",
                                      lambda spec=spec: finetune_and_evaluate(spec, args, pretrained, train, test))
-    inputs: list = []
-
-    def measured(measure):
-        if not inputs:
-            inputs.extend(analysis_inputs(args, pretrained, train, test))
-        return measure(args, inputs)
-
-    analysis = {"fig3": _cached(output / "analysis_fig3.json", lambda: measured(measure_fig3)),
-                "fig5": _cached(output / "analysis_fig5.json", lambda: measured(measure_fig5))}
+    inputs = functools.cache(lambda: analysis_inputs(args, pretrained, train, test))  # loaded once, if needed
+    analysis = {"fig3": _cached(output / "analysis_fig3.json", lambda: measure_fig3(args, inputs())),
+                "fig5": _cached(output / "analysis_fig5.json", lambda: measure_fig5(args, inputs()))}
 
     table = aggregate(results, reference)
     reference_row = run_metrics({"report": reference, "train_seconds": math.nan}, reference)
@@ -514,7 +510,7 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
     pretrain_metrics = json.loads((pretrained / "pretrain_metrics.json").read_text()) \
         if (pretrained / "pretrain_metrics.json").is_file() else {}
     summary = {"arguments": dataclasses.asdict(args), "pretrained": {"metrics": pretrain_metrics, **reference_row},
-               "table": {key: {k: v for k, v in row.items()} for key, row in table.items()},
+               "table": table,
                "runs": {name: run_metrics(result, reference) for name, result in results.items()},
                "analysis": analysis, "seconds_this_invocation": time.perf_counter() - started}
     _write_json(report_dir / "results.json", summary)

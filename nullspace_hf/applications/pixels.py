@@ -36,7 +36,7 @@ class PixelSpace:
     @classmethod
     def identity(cls, num_channels: int) -> PixelSpace:
         """A model that takes [0, 1] pixels as they are."""
-        return cls(torch.ones(num_channels, dtype=torch.float64), torch.zeros(num_channels, dtype=torch.float64))
+        return cls.from_processor(None, num_channels)
 
     @classmethod
     def from_processor(cls, processor: BaseImageProcessor | None, num_channels: int) -> PixelSpace:
