@@ -33,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if PartialState().is_main_process:
             print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
+    finally:  # under torchrun, an open gloo group sometimes aborts the process at exit
+        PartialState().destroy_process_group()
     return 0
 
 

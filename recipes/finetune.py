@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
@@ -189,6 +190,8 @@ def cli(argv: list[str]) -> int:
     except (ValueError, HubPushError) as error:
         print(f"finetune.py: error: {error}", file=sys.stderr)
         return 2
+    finally:  # under torchrun, an open gloo/NCCL group sometimes aborts the process at exit
+        PartialState().destroy_process_group()
     return 0
 
 

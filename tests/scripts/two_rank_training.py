@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import ViTConfig, ViTForImageClassification
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
@@ -40,4 +41,7 @@ def main(output_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    try:
+        main(sys.argv[1])
+    finally:  # without it, gloo's threads sometimes abort the process at exit ("terminate called ...")
+        PartialState().destroy_process_group()
