@@ -1,14 +1,15 @@
 """Cost of nullspace fine-tuning against a plain ``transformers.Trainer``, measured in one process.
 
     python benchmarks/overhead.py                      # CIFAR-10 from ../shared/data when present, else digits
-    python benchmarks/overhead.py --repeats 5 --steps 120 --json docs/benchmarks.json
+    python benchmarks/overhead.py --repeats 5 --steps 160 --variants paper,a1 --json docs/benchmarks.json
 
 Prints, as ratios against the plain Trainer measured in the same run (medians of --repeats):
   P1  wall time of NullspaceTrainer / Trainer for the same model steps and batch, with this project's
       defaults and with the paper's protocol (fresh U(-3, 3) init every round, <= 3000 steps);
-  P2  one synthesis step / one plain training step (same batch), naive and as implemented;
-  P3  peak memory NullspaceTrainer / Trainer at the same batch, each run in a fresh subprocess (CUDA:
-      allocator peak; CPU: peak resident memory above the level before train(), sampled every ms);
+  P2  one synthesis step / one plain training step (same batch): naive, as implemented, and on a kept
+      minibatch whose clean logits are reused (noise_reuse_batches > 0);
+  P3  peak memory NullspaceTrainer / Trainer at the same batch, median of --repeats fresh subprocesses
+      (CUDA: allocator peak; CPU: peak resident memory above the level before train(), sampled every ms);
 plus the synthesis steps of every round and whether each reached eps.
 """
 
@@ -127,17 +128,28 @@ def step_times(args: argparse.Namespace, rows: TensorRows, repeats: int = 20) ->
             model.zero_grad()
             noise.grad = None
 
+        def search_step(clean: torch.Tensor) -> None:
+            with injector.applied(noise):
+                noisy = model(pixel_values=batch).logits
+            probability_distance(clean, noisy.detach()).mean().item()
+            torch.autograd.grad(exploration_loss(clean, noisy, noise, 0.0, "squared_l2"), [noise])
+
         def implemented() -> None:
             with frozen_eval(model), autocast:
                 with torch.no_grad():
                     clean = model(pixel_values=batch).logits
-                with injector.applied(noise):
-                    noisy = model(pixel_values=batch).logits
-                probability_distance(clean, noisy.detach()).mean().item()
-                torch.autograd.grad(exploration_loss(clean, noisy, noise, 0.0, "squared_l2"), [noise])
+                search_step(clean)
+
+        with frozen_eval(model), autocast, torch.no_grad():
+            kept_clean = model(pixel_values=batch).logits
+
+        def reused() -> None:
+            # noise_reuse_batches > 0: the clean logits of a kept minibatch are already there
+            with frozen_eval(model), autocast:
+                search_step(kept_clean)
 
         times = {}
-        for name, function in (("plain", plain), ("naive", naive), ("implemented", implemented)):
+        for name, function in (("plain", plain), ("naive", naive), ("implemented", implemented), ("reused", reused)):
             for _ in range(3):
                 function()
             samples = []
@@ -152,12 +164,14 @@ def step_times(args: argparse.Namespace, rows: TensorRows, repeats: int = 20) ->
 
 
 def peak_memory(kind: str, args: argparse.Namespace, noise: dict) -> float:
-    """Peak memory of one training run in a fresh subprocess (bytes)."""
+    """Median over ``--repeats`` of the peak memory of a ``--memory_steps`` training run, each in a fresh
+    subprocess (bytes)."""
     command = [sys.executable, __file__, "--memory-child", kind, "--noise", json.dumps(noise), "--model", args.model,
-               "--data", args.data, "--samples", str(args.samples), "--steps", str(args.steps),
+               "--data", args.data, "--samples", str(args.samples), "--steps", str(args.memory_steps),
                "--batch_size", str(args.batch_size), "--attn", args.attn, *(["--bf16"] if args.bf16 else [])]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+    peaks = [float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+             for _ in range(args.repeats)]
+    return statistics.median(peaks)
 
 
 def memory_child(args: argparse.Namespace) -> None:
@@ -198,7 +212,8 @@ def main() -> None:
     parser.add_argument("--data", choices=["cifar10", "digits"],
                         default="cifar10" if (CIFAR / "train.parquet").exists() else "digits")
     parser.add_argument("--samples", type=int, default=4096, help="Training samples (pre-processed once).")
-    parser.add_argument("--steps", type=int, default=120, help="Model steps per run (3 rounds of 40).")
+    parser.add_argument("--steps", type=int, default=800, help="Model steps per run (the paper's 20 rounds of 40).")
+    parser.add_argument("--memory_steps", type=int, default=160, help="Model steps of each P3 run (4 rounds).")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
@@ -216,9 +231,8 @@ def main() -> None:
         "defaults": {},
         "paper": {"noise_warm_start": False, "noise_init_limit": 3.0, "noise_max_steps": 3000, "noise_lr": 0.1},
         "a1": {"noise_warm_start": False, "noise_init_limit": 1.0},
-        "warm": {"noise_warm_start": True, "noise_init_limit": 3.0},
-        "warm_a1": {"noise_warm_start": True, "noise_init_limit": 1.0},
-        "warm_a1_concat": {"noise_warm_start": True, "noise_init_limit": 1.0, "noisy_forward": "concat"},
+        "reuse8": {"noise_reuse_batches": 8},
+        "concat": {"noisy_forward": "concat"},
     }
     chosen = {name: variants[name] for name in args.variants.split(",")}
     rows, data_name = load_rows(args.model, args.data, args.samples)
@@ -249,11 +263,13 @@ def main() -> None:
     steps = step_times(args, rows)
     print(f"\nP2  one step (median of 20): plain training {1000 * steps['plain']:.1f} ms | synthesis naive "
           f"{1000 * steps['naive']:.1f} ms ({steps['naive'] / steps['plain']:.2f}x) | synthesis implemented "
-          f"{1000 * steps['implemented']:.1f} ms ({steps['implemented'] / steps['plain']:.2f}x)")
+          f"{1000 * steps['implemented']:.1f} ms ({steps['implemented'] / steps['plain']:.2f}x) | synthesis on a kept "
+          f"minibatch (clean logits reused) {1000 * steps['reused']:.1f} ms ({steps['reused'] / steps['plain']:.2f}x)")
     results["step_seconds"] = steps
 
     plain_memory = peak_memory("plain", args, {})
-    print(f"\nP3  peak memory increase during training: plain {plain_memory / 2**20:.1f} MiB")
+    print(f"\nP3  peak memory increase during {args.memory_steps} steps (median of {args.repeats} processes): "
+          f"plain {plain_memory / 2**20:.1f} MiB")
     results["memory"] = {"plain": plain_memory}
     for name, noise in chosen.items():
         used = peak_memory("nullspace", args, noise)

@@ -14,7 +14,8 @@ RESULTS_FILE = "results.json"
 CARD_TAGS = ["nullspace", "robustness", "vision-transformer", "image-classification"]
 HYPERPARAMETERS = (
     "noise_mode", "noise_eps", "noise_lr", "noise_init_limit", "noise_max_steps", "noise_refresh_steps", "noise_loss",
-    "noise_log_norm_weight", "noise_warm_start", "noisy_loss_weight", "noisy_forward", "ema_decay",
+    "noise_log_norm_weight", "noise_warm_start", "noise_warm_start_scale", "noise_reuse_batches", "noisy_loss_weight",
+    "noisy_forward", "ema_decay",
     "learning_rate", "max_steps", "per_device_train_batch_size", "seed",
 )
 PUSH_EXCLUDE = ("checkpoint-*/*", "corruption_cache/*")

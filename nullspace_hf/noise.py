@@ -164,15 +164,31 @@ def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
             raise ValueError("The batches for noise synthesis are empty: give at least one batch of images.")
 
 
+def _with_clean_logits(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device, reuse_batches: int
+) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """Endless ``(inputs, clean logits)`` pairs: Algorithm 1, lines 5–7 without the noisy forward.
+
+    With ``reuse_batches = 0`` every pair is a new minibatch and its clean logits are computed when it
+    is drawn. With ``reuse_batches = n`` the first ``n`` minibatches are kept with their clean logits
+    and cycled over, so the clean forward (a third of a search step) runs only ``n`` times.
+    """
+    stream = _cycle(batches)
+    kept: list[tuple[dict[str, Any], torch.Tensor]] = []
+    while True:
+        if reuse_batches and len(kept) == reuse_batches:
+            yield from kept
+            continue
+        inputs = _model_inputs(next(stream), device)
+        with torch.no_grad():
+            pair = (inputs, _logits(model, inputs))
+        if reuse_batches:
+            kept.append(pair)
+        yield pair
+
+
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _embedding_shape(injector: NoiseInjector, inputs: dict[str, Any]) -> torch.Size:
-    """Shape ``(num_patches, hidden)`` of the patch embeddings for these inputs."""
-    with torch.no_grad():
-        injector.module(inputs["pixel_values"])
-    return injector.output_shape
 
 
 def synthesize_noise(
@@ -187,6 +203,7 @@ def synthesize_noise(
     log_norm_weight: float = 0.0,
     init: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    reuse_batches: int = 0,
 ) -> NoiseResult:
     """Search encoder-level noise in the ε-approximate nullspace (Eq. 7/8; Eq. 4 with ``log_norm_weight``).
 
@@ -209,16 +226,20 @@ def synthesize_noise(
         log_norm_weight: λ of Eq. 4's −λ·log‖ṽ‖ exploration term (0 disables it).
         init: starting noise (a warm start), else uniform.
         generator: CPU generator for the uniform initialisation (same seed ⇒ same noise on all ranks).
+        reuse_batches: 0 draws a new minibatch every step (Algorithm 1); ``n > 0`` cycles over the first
+            ``n`` minibatches and computes their clean logits once, which makes a step about a third
+            cheaper but fits the noise to ``n`` minibatches only.
     """
+    if reuse_batches < 0:
+        raise ValueError(f"reuse_batches must be >= 0, got {reuse_batches}.")
     if loss not in ("squared_l2", "l2"):
         raise ValueError(f"Unknown noise loss {loss!r}: use 'squared_l2' or 'l2'.")
     device = _model_device(model)
-    stream = _cycle(batches)
     with NoiseInjector(model) as injector, frozen_eval(model):
-        inputs = _model_inputs(next(stream), device)
-        shape = _embedding_shape(injector, inputs)
+        pairs = _with_clean_logits(model, batches, device, reuse_batches)
+        inputs, clean = next(pairs)
         if init is None:
-            start = (torch.rand(shape, generator=generator) * 2 - 1) * init_limit
+            start = (torch.rand(injector.output_shape, generator=generator) * 2 - 1) * init_limit
         else:
             start = init.detach().to(torch.float32).cpu().clone()
         noise = start.to(device).requires_grad_(True)
@@ -226,8 +247,6 @@ def synthesize_noise(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(max_steps, 1))
         steps, reached, mse_prob = 0, False, math.inf
         while True:
-            with torch.no_grad():
-                clean = _logits(model, inputs)
             with injector.applied(noise):
                 noisy = _logits(model, inputs)
             mse_prob = _global_mean(probability_distance(clean, noisy))
@@ -245,9 +264,20 @@ def synthesize_noise(
             optimizer.step()
             scheduler.step()
             steps += 1
-            inputs = _model_inputs(next(stream), device)
+            inputs, clean = next(pairs)
     final = noise.detach().float()
     return NoiseResult(noise=final, steps=steps, mse_prob=mse_prob, norm=float(final.norm()), reached=reached)
+
+
+def warm_start_lr(lr: float, init_limit: float, start: torch.Tensor) -> float:
+    """Learning rate for a search that starts from ``start`` instead of U(−A, A) (Eq. 8's ṽ₀).
+
+    AdamW moves every element by about ``lr`` per step whatever the size of the gradient, so a rate
+    set for U(−A, A), whose RMS is A/√3, throws a smaller start far off the boundary it begins near.
+    The step is kept relative to the noise: ``lr · RMS(start) / (A/√3)``.
+    """
+    start_rms = float(start.detach().float().pow(2).mean().sqrt())
+    return lr * start_rms / (init_limit / math.sqrt(3.0))
 
 
 def random_noise(
@@ -266,13 +296,12 @@ def random_noise(
     :func:`synthesize_noise` so that every rank keeps the same noise.
     """
     device = _model_device(model)
-    stream = _cycle(batches)
     with NoiseInjector(model) as injector, frozen_eval(model), torch.no_grad():
-        inputs = _model_inputs(next(stream), device)
-        noise = (torch.randn(_embedding_shape(injector, inputs), generator=generator) * std).to(device)
+        pairs = _with_clean_logits(model, batches, device, 0)
+        inputs, clean = next(pairs)
+        noise = (torch.randn(injector.output_shape, generator=generator) * std).to(device)
         steps, reached, mse_prob = 0, False, math.inf
         while True:
-            clean = _logits(model, inputs)
             with injector.applied(noise):
                 mse_prob = _global_mean(probability_distance(clean, _logits(model, inputs)))
             if mse_prob < eps:
@@ -282,7 +311,7 @@ def random_noise(
                 break
             noise = noise * shrink
             steps += 1
-            inputs = _model_inputs(next(stream), device)
+            inputs, clean = next(pairs)
     return NoiseResult(noise=noise.float(), steps=steps, mse_prob=mse_prob, norm=float(noise.norm()), reached=reached)
 
 

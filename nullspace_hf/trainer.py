@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, Trainer
 from .callbacks import EMACallback
 from .config import NullspaceConfig
 from .hub import build_model_card, read_results
-from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
+from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise, warm_start_lr
 
 NOISE_FILE = "nullspace_noise.safetensors"
 HISTORY_FILE = "noise_history.json"
@@ -133,10 +133,11 @@ class NullspaceTrainer(Trainer):
         if args.noise_mode == "random":
             return random_noise(self.model, batches, eps=args.noise_eps, generator=generator)
         warm = self.noise * args.noise_warm_start_scale if args.noise_warm_start and self.noise is not None else None
+        lr = args.noise_lr if warm is None else warm_start_lr(args.noise_lr, args.noise_init_limit, warm)
         return synthesize_noise(
-            self.model, batches, eps=args.noise_eps, lr=args.noise_lr, init_limit=args.noise_init_limit,
+            self.model, batches, eps=args.noise_eps, lr=lr, init_limit=args.noise_init_limit,
             max_steps=args.noise_max_steps, loss=args.noise_loss, log_norm_weight=args.noise_log_norm_weight,
-            init=warm, generator=generator,
+            init=warm, generator=generator, reuse_batches=args.noise_reuse_batches,
         )
 
     def refresh_noise(self) -> None:

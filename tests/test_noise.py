@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nullspace_hf import NoiseInjector, noise_influence, random_noise, synthesize_noise
-from nullspace_hf.noise import probability_distance
+from nullspace_hf.noise import probability_distance, warm_start_lr
 
 from .helpers import digits_tensors, make_tiny_model, train_briefly
 
@@ -111,6 +111,48 @@ def test_losses_and_uniform_init_are_reproducible(trained, loss):
     assert start.noise.abs().max() <= 3.0 and start.noise.abs().max() > 2.5
 
 
+class _CountingForwards:
+    """Counts the model's forward calls through a forward pre-hook."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self._handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.calls += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+@pytest.mark.parametrize("kept", [1, 3])
+def test_reused_batches_give_the_same_search_with_fewer_clean_forwards(trained, kept):
+    """``reuse_batches=n`` is the search over n minibatches cycled, with their clean logits computed once."""
+    model, train_batches, _ = trained
+    with _CountingForwards(model) as counter:
+        reused = synthesize_noise(model, train_batches, reuse_batches=kept, max_steps=12, eps=1e-9,
+                                  generator=torch.Generator().manual_seed(3))
+    reused_forwards = counter.calls
+    with _CountingForwards(model) as counter:
+        cycled = synthesize_noise(model, train_batches[:kept], max_steps=12, eps=1e-9,
+                                  generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(reused.noise, cycled.noise, atol=0, rtol=0)
+    assert reused.steps == cycled.steps == 12
+    assert counter.calls == 2 * 13
+    assert reused_forwards == 13 + kept
+
+
+@pytest.mark.parametrize("limit", [1.0, 3.0])
+def test_warm_start_lr_keeps_the_step_relative_to_the_noise(limit):
+    uniform = (torch.rand(200_000, generator=torch.Generator().manual_seed(0)) * 2 - 1) * limit
+    assert warm_start_lr(0.1, limit, uniform) == pytest.approx(0.1, rel=1e-2)
+    assert warm_start_lr(0.1, limit, uniform / 4) == pytest.approx(0.025, rel=1e-2)
+    assert warm_start_lr(0.1, limit, torch.full((16, 32), 0.5)) == pytest.approx(0.1 * 0.5 * 3**0.5 / limit)
+
+
 def test_log_norm_term_keeps_a_larger_noise(trained):
     """Eq. 4's −λ·log‖ṽ‖ explores: at the same ε the noise it finds is larger."""
     model, train_batches, _ = trained
@@ -141,3 +183,5 @@ def test_bad_synthesis_inputs_are_clear_errors(trained):
         synthesize_noise(model, train_batches, loss="l1")
     with pytest.raises(ValueError, match="batches for noise synthesis are empty"):
         synthesize_noise(model, [])
+    with pytest.raises(ValueError, match="reuse_batches must be >= 0"):
+        synthesize_noise(model, train_batches, reuse_batches=-1)

@@ -19,7 +19,9 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from nullspace_hf import NullspaceConfig, NullspaceTrainer
+import nullspace_hf.trainer as trainer_module
+from nullspace_hf import NullspaceConfig, NullspaceTrainer, synthesize_noise
+from nullspace_hf.noise import warm_start_lr
 
 from .helpers import DictDataset, digits_tensors, free_port, make_tiny_model
 
@@ -87,9 +89,10 @@ def test_rounds_are_logged_weights_change_and_files_are_written(tmp_path, datase
 
 
 @pytest.mark.parametrize("schedule", [
-    {"noise_init_limit": 3.0},                                 # the paper's
-    {"noise_init_limit": 1.0},                                 # fresh U(-1, 1) each round
-    {"noise_init_limit": 1.0, "noise_warm_start": True},       # warm start
+    {"noise_init_limit": 3.0, "noise_warm_start": False},      # the paper's
+    {"noise_init_limit": 1.0, "noise_warm_start": False},      # fresh U(-1, 1) each round
+    {},                                                        # the defaults: warm start x 1.1
+    {"noise_warm_start_scale": 2.0, "noise_reuse_batches": 2},  # a larger step, two kept minibatches
 ])
 def test_every_round_of_every_schedule_meets_eps(tmp_path, dataset, schedule):
     trainer = _trainer(tmp_path, dataset, max_steps=9, noise_max_steps=3000, noise_eps=0.03, **schedule)
@@ -97,6 +100,31 @@ def test_every_round_of_every_schedule_meets_eps(tmp_path, dataset, schedule):
     assert len(trainer.noise_history) == 3
     for record in trainer.noise_history:
         assert record["reached"] and record["mse_prob"] < 0.03, record
+
+
+@pytest.mark.parametrize("warm_start,scale", [(True, 1.1), (True, 2.0), (False, 1.1)])
+def test_each_round_starts_from_its_schedule(tmp_path, dataset, monkeypatch, warm_start, scale):
+    """Round 0 starts from U(-A, A); later rounds from scale x the previous noise at a learning rate scaled to it."""
+    calls = []
+
+    def recording(model, batches, **kwargs):
+        result = synthesize_noise(model, batches, **kwargs)
+        calls.append((kwargs, result.noise))
+        return result
+
+    monkeypatch.setattr(trainer_module, "synthesize_noise", recording)
+    trainer = _trainer(tmp_path, dataset, max_steps=6, noise_warm_start=warm_start, noise_warm_start_scale=scale,
+                       noise_init_limit=1.0, noise_lr=0.1, noise_reuse_batches=3)
+    trainer.train()
+    assert len(calls) == 2
+    assert calls[0][0]["init"] is None and calls[0][0]["lr"] == 0.1 and calls[0][0]["reuse_batches"] == 3
+    second = calls[1][0]
+    if not warm_start:
+        assert second["init"] is None and second["lr"] == 0.1
+        return
+    torch.testing.assert_close(second["init"], calls[0][1] * scale)
+    assert second["lr"] == pytest.approx(warm_start_lr(0.1, 1.0, calls[0][1] * scale))
+    assert second["lr"] != pytest.approx(0.1)
 
 
 def test_saved_model_loads_without_the_package(tmp_path, dataset):
@@ -239,6 +267,7 @@ def test_ema_weights_are_evaluated_and_saved(tmp_path, dataset):
         (dict(ema_decay=1.5), "ema_decay must be in"),
         (dict(noise_warm_start_scale=0.0), "noise_warm_start_scale must be > 0"),
         (dict(noisy_forward="both"), "noisy_forward='both' is not one of"),
+        (dict(noise_reuse_batches=-2), "noise_reuse_batches must be >= 0"),
     ],
 )
 def test_invalid_config_values_fail_at_construction(tmp_path, overrides, message):
