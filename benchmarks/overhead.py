@@ -72,7 +72,7 @@ def training_args(cls, output_dir: str, args: argparse.Namespace, **extra):
     return cls(output_dir=output_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                learning_rate=1e-4, lr_scheduler_type="cosine", save_strategy="no", report_to="none", seed=0,
                disable_tqdm=True, logging_strategy="no", use_cpu=not torch.cuda.is_available(),
-               bf16=args.bf16, **extra)
+               bf16=args.bf16, torch_compile=args.torch_compile, **extra)
 
 
 def timed_run(kind: str, args: argparse.Namespace, rows: TensorRows, tmp: str, **noise) -> tuple[float, list]:
@@ -104,6 +104,8 @@ def step_times(args: argparse.Namespace, rows: TensorRows, repeats: int = 20) ->
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=args.bf16)
     with NoiseInjector(model) as injector:
+        # --torch_compile compiles the training forward, as the Trainer does; the synthesis runs the model itself
+        train_forward = torch.compile(model) if args.torch_compile else model
         with torch.no_grad():
             model(pixel_values=batch)
         noise = torch.zeros(injector.output_shape, device=device, requires_grad=True)
@@ -111,7 +113,7 @@ def step_times(args: argparse.Namespace, rows: TensorRows, repeats: int = 20) ->
         def plain() -> None:
             model.train()
             with autocast:
-                loss = torch.nn.functional.cross_entropy(model(pixel_values=batch).logits.float(), labels)
+                loss = torch.nn.functional.cross_entropy(train_forward(pixel_values=batch).logits.float(), labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -168,7 +170,8 @@ def peak_memory(kind: str, args: argparse.Namespace, noise: dict) -> float:
     subprocess (bytes)."""
     command = [sys.executable, __file__, "--memory-child", kind, "--noise", json.dumps(noise), "--model", args.model,
                "--data", args.data, "--samples", str(args.samples), "--steps", str(args.memory_steps),
-               "--batch_size", str(args.batch_size), "--attn", args.attn, *(["--bf16"] if args.bf16 else [])]
+               "--batch_size", str(args.batch_size), "--attn", args.attn, *(["--bf16"] if args.bf16 else []),
+               *(["--torch_compile"] if args.torch_compile else [])]
     peaks = [float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
              for _ in range(args.repeats)]
     return statistics.median(peaks)
@@ -218,6 +221,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU).")
+    parser.add_argument("--torch_compile", action="store_true",
+                        help="TrainingArguments(torch_compile=True) for both trainers; P2's training step compiled "
+                        "too (the synthesis runs uncompiled, as in NullspaceTrainer).")
     parser.add_argument("--variants", default="defaults,paper", help="Comma-separated NullspaceTrainer variants.")
     parser.add_argument("--json", help="Also write the measurements to this JSON file.")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--schedules", default=",".join(SCHEDULES), help="Comma-separated names from SCHEDULES.")
     parser.add_argument("--json", help="Also write the measurements to this JSON file.")
     args = parser.parse_args()
-    args.bf16, args.attn = False, "sdpa"
+    args.bf16, args.attn, args.torch_compile = False, "sdpa", False
 
     rows, name = load_rows(args.model, args.data, 6144)
     train = TensorRows(rows.pixels[:4096], rows.labels[:4096])
