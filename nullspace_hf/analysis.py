@@ -50,7 +50,7 @@ def regularization_sweep(
     for strength in strengths:
         generator = torch.Generator().manual_seed(seed)
         result = synthesize_noise(model, batches, eps=0.0, lr=lr, init_limit=init_limit, max_steps=steps,
-                                  log_norm_weight=strength, generator=generator)
+                                  log_norm_weight=strength, generator=generator, band=None)
         learned = noise_influence(model, eval_batches, result.noise)
         permuted = noise_influence(model, eval_batches, permute_noise(result.noise, generator))
         records.append({"strength": float(strength), "norm": result.norm,

@@ -17,9 +17,11 @@ class NullspaceConfig(TrainingArguments):
 
     Every ``transformers.TrainingArguments`` field is accepted; the fields below configure the noise
     synthesis and the augmented loss of Algorithm 1 (paper App. C). Defaults are the paper's except
-    the synthesis schedule, chosen by ``benchmarks/overhead.py`` (docs/benchmarks.md): round 0 starts
-    from U(−1, 1) and every later round from the previous noise × 1.1, which reaches ε in a few steps
-    instead of ~300. ``noise_init_limit=3.0, noise_warm_start=False`` is the paper's schedule.
+    the synthesis schedule, chosen by ``benchmarks/matrix.py`` on six models (docs/benchmarks.md):
+    round 0 searches from U(−1, 1) for at most 200 gradient steps; every later round starts from the
+    previous noise × 1.1, placed just outside ε by forward passes, and takes at most 10 small steps
+    (``noise_warm_lr``). Every round ends with its mse_prob in ``[noise_boundary_band·ε, ε)``.
+    ``noise_init_limit=3.0, noise_warm_start=False, noise_max_steps=3000`` is the paper's schedule.
     """
 
     noise_mode: str = field(
@@ -40,7 +42,33 @@ class NullspaceConfig(TrainingArguments):
         metadata={"help": "A: a fresh noise starts from U(-A, A) (a large noise that is then shrunk; the paper: 3)."},
     )
     noise_max_steps: int = field(
-        default=3000, metadata={"help": "T: largest number of synthesis steps per round (early stop at eps)."}
+        default=200,
+        metadata={
+            "help": "T: gradient-step budget of a fresh synthesis (round 0, or every round without warm start; the "
+            "paper: 3000). A search that uses it up is scaled into eps along its direction and logged with a warning."
+        },
+    )
+    noise_warm_lr: float = field(
+        default=0.01,
+        metadata={
+            "help": "Learning rate of a warm-started synthesis, like noise_lr given for a noise the size of U(-A, A) "
+            "and scaled to the start's size. A warm start sits just outside eps, so it needs small steps."
+        },
+    )
+    noise_warm_max_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Gradient-step budget of a warm-started synthesis. A round that uses it up without entering eps "
+            "is scaled into eps along its direction (forward passes only) and logged with a warning."
+        },
+    )
+    noise_boundary_band: float = field(
+        default=0.5,
+        metadata={
+            "help": "Every round's noise ends with its synthesis-batch mse_prob in [band*eps, eps): a start inside "
+            "eps is first grown out of it, and the last step is scaled to just inside (forward passes only). 0 runs "
+            "the bare Algorithm 1 stop rule (a start inside eps is used as it is)."
+        },
     )
     noise_refresh_steps: int = field(
         default=40, metadata={"help": "S: optimizer steps between two noise syntheses (one round of Algorithm 1)."}
@@ -60,7 +88,8 @@ class NullspaceConfig(TrainingArguments):
         default=True,
         metadata={
             "help": "Start each synthesis after round 0 from the previous round's noise (times noise_warm_start_scale, "
-            "with noise_lr scaled to its size) instead of a fresh U(-A, A) (the paper: False)."
+            "then scaled to just outside eps, with noise_lr scaled to its size and a budget of noise_warm_max_steps) "
+            "instead of a fresh U(-A, A) (the paper: False)."
         },
     )
     noise_warm_start_scale: float = field(
@@ -105,12 +134,15 @@ class NullspaceConfig(TrainingArguments):
             problems.append(f"noise_loss={self.noise_loss!r} is not one of {', '.join(NOISE_LOSSES)}")
         if self.noisy_forward not in NOISY_FORWARDS:
             problems.append(f"noisy_forward={self.noisy_forward!r} is not one of {', '.join(NOISY_FORWARDS)}")
-        for name in ("noise_eps", "noise_lr", "noise_init_limit", "noise_refresh_steps", "noise_warm_start_scale"):
+        for name in ("noise_eps", "noise_lr", "noise_warm_lr", "noise_init_limit", "noise_refresh_steps", "noise_warm_start_scale"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("noise_max_steps", "noisy_loss_weight", "noise_log_norm_weight", "noise_reuse_batches"):
+        for name in ("noise_max_steps", "noise_warm_max_steps", "noisy_loss_weight", "noise_log_norm_weight",
+                     "noise_reuse_batches"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.noise_boundary_band < 1:
+            problems.append(f"noise_boundary_band must be in [0, 1), got {self.noise_boundary_band!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             problems.append(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if problems:

@@ -13,7 +13,8 @@ TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 RESULTS_FILE = "results.json"
 CARD_TAGS = ["nullspace", "robustness", "vision-transformer", "image-classification"]
 HYPERPARAMETERS = (
-    "noise_mode", "noise_eps", "noise_lr", "noise_init_limit", "noise_max_steps", "noise_refresh_steps", "noise_loss",
+    "noise_mode", "noise_eps", "noise_lr", "noise_init_limit", "noise_max_steps", "noise_warm_max_steps",
+    "noise_boundary_band", "noise_refresh_steps", "noise_loss",
     "noise_log_norm_weight", "noise_warm_start", "noise_warm_start_scale", "noise_reuse_batches", "noisy_loss_weight",
     "noisy_forward", "ema_decay",
     "learning_rate", "max_steps", "per_device_train_batch_size", "seed",
@@ -31,6 +32,17 @@ def summarize_report(report: dict[str, Any]) -> dict[str, float]:
     if accuracies:
         summary["corruption"] = sum(accuracies) / len(accuracies)
     return summary
+
+
+def noise_rounds_table(noise_history: list[dict[str, Any]]) -> str:
+    """Markdown table of every round's synthesis: start and final mse_prob, gradient and forward steps, norm."""
+    lines = ["| round | step | start mse_prob | final mse_prob | gradient steps | forward-only passes | noise norm "
+             "| budget used up |", "|---|---|---|---|---|---|---|---|"]
+    for r in noise_history:
+        lines.append(f"| {r['round']} | {r['step']} | {r.get('start_mse_prob', float('nan')):.3g} | {r['mse_prob']:.4f} "
+                     f"| {r['steps']} | {r.get('forward_steps', 0)} | {r['norm']:.3f} | "
+                     f"{'yes' if r.get('budget_hit') else 'no'} |")
+    return "\n".join(lines)
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -69,7 +81,8 @@ def build_model_card(
         model_name: title of the card (usually the repository name).
         repo_id: ``user/name`` used in the loading snippet.
         args: the ``NullspaceConfig`` of the run (its noise settings are listed).
-        noise_history: one dict per round (``round, step, norm, steps, mse_prob, reached``).
+        noise_history: one dict per round (``round, step, norm, steps, forward_steps, start_mse_prob, mse_prob,
+            reached, budget_hit``).
         results: the contents of ``results.json`` (``{"before": report, "after": report}``), if any.
         base_model: the checkpoint that was fine-tuned: a Hub id (linked, and the card's ``base_model``) or
             a local path (named only).
@@ -104,7 +117,8 @@ def build_model_card(
         card_data, template_path=str(TEMPLATE), model_name=model_name, repo_id=repo_id,
         base_model_text=base_model_text, dataset_name=dataset_name, method_name=method.get(getattr(args, "noise_mode", "nullspace"), "fine-tuning"),
         refresh_steps=getattr(args, "noise_refresh_steps", 40), results_table=results_table(results or {}),
-        hyperparameters=hyperparameters, noise_rounds=noise_history, citation=citation,
+        hyperparameters=hyperparameters, noise_rounds=noise_history,
+        noise_table=noise_rounds_table(noise_history) if noise_history else "", citation=citation,
     )
 
 

@@ -8,7 +8,7 @@ embeddings are added, as in the authors' code.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -86,10 +86,13 @@ class NoiseResult:
 
     Attributes:
         noise: ``(num_patches, hidden)`` float32 tensor.
-        steps: gradient (or shrink) steps taken.
-        mse_prob: mean over the last batch of Σ(Δsoftmax)², Eq. 5's distance.
+        steps: gradient steps of the descent (for :func:`random_noise`: shrink steps).
+        mse_prob: mean over the final batch of Σ(Δsoftmax)², Eq. 5's distance, for the returned noise.
         norm: L2 norm of the noise.
-        reached: whether ``mse_prob < eps`` was reached.
+        reached: whether the returned noise is inside ε (``mse_prob < eps``).
+        start_mse_prob: the same distance for the starting noise, before any search.
+        forward_steps: forward-only passes of the scale searches (:func:`boundary_scale`).
+        budget_hit: the descent used all its gradient steps without entering ε.
     """
 
     noise: torch.Tensor
@@ -97,10 +100,111 @@ class NoiseResult:
     mse_prob: float
     norm: float
     reached: bool
+    start_mse_prob: float = math.nan
+    forward_steps: int = 0
+    budget_hit: bool = False
 
     def as_dict(self) -> dict[str, float | int | bool]:
         """The scalar statistics, for logging."""
-        return {"norm": self.norm, "steps": self.steps, "mse_prob": self.mse_prob, "reached": self.reached}
+        return {"norm": self.norm, "steps": self.steps, "forward_steps": self.forward_steps,
+                "start_mse_prob": self.start_mse_prob, "mse_prob": self.mse_prob, "reached": self.reached,
+                "budget_hit": self.budget_hit}
+
+
+@dataclass
+class BoundaryScale:
+    """Outcome of :func:`boundary_scale`: the scale, the distance there, the forwards spent, and success."""
+
+    scale: float
+    mse_prob: float
+    forwards: int
+    found: bool
+
+
+def boundary_scale(
+    distance: Callable[[float], float],
+    eps: float,
+    *,
+    side: str,
+    band: float = 0.5,
+    at_one: float | None = None,
+    max_forwards: int = 40,
+    scale_range: tuple[float, float] = (1e-6, 1e6),
+) -> BoundaryScale:
+    """The scale s that puts a fixed noise direction just inside or just outside Ñ(ε) (Eq. 5's boundary).
+
+    Algorithm 1 (Eq. 8) starts from a noise outside Ñ(ε) and stops at the first step inside it, so
+    the noise it returns lies just inside the boundary. This function makes both ends of that rule
+    hold whatever the start: it searches the scale of ``s·ṽ`` with forward passes only, so that
+    ``distance(s)`` (Eq. 5's batch mean of Σ(Δsoftmax)²) lies in ``[band·ε, ε)`` for
+    ``side="inside"`` or in ``[ε, ε/band)`` for ``side="outside"``.
+
+    The scale is first multiplied (or divided) until the band is bracketed — by a secant step in
+    log–log space, since Σ(Δsoftmax)² grows like s² for a small noise, at least ×2 and at most ×64 a
+    step — then the bracket is narrowed by log–log interpolation kept within its inner 80 %.
+
+    Args:
+        distance: ``s ↦`` Eq. 5's distance of the noise scaled by ``s`` (on one fixed batch).
+        eps: ε.
+        side: ``"inside"`` or ``"outside"``.
+        band: width of the target band as a ratio in (0, 1).
+        at_one: ``distance(1.0)`` when it is already known (saves a forward).
+        max_forwards: the most forward passes to spend.
+        scale_range: the scales searched. A pre-LayerNorm ViT's output saturates as the noise grows, so
+            along some directions (typically for a model with near-uniform predictions) it never
+            leaves Ñ(ε): the search then stops at the largest scale instead of growing without end.
+
+    Returns:
+        The scale (1.0 when it is already in the band). ``found`` is False when the band was not
+        reached within ``max_forwards`` and ``scale_range``; the scale is then 1.0 if no scale left
+        Ñ(ε) (the model ignores this direction), else the largest one seen inside ε for ``"inside"``
+        and the smallest one seen outside it for ``"outside"``.
+    """
+    if side not in ("inside", "outside"):
+        raise ValueError(f"side must be 'inside' or 'outside', got {side!r}.")
+    if not 0 < band < 1 or not eps > 0:
+        raise ValueError(f"boundary_scale needs eps > 0 and 0 < band < 1, got eps={eps!r}, band={band!r}.")
+    low, high = (band * eps, eps) if side == "inside" else (eps, eps / band)
+    target = math.sqrt(low * high)
+    forwards = 0
+    value = at_one
+    if value is None:
+        value, forwards = distance(1.0), 1
+    first = value
+    small: tuple[float, float] | None = None  # the largest scale seen below the band, and its distance
+    large: tuple[float, float] | None = None  # the smallest scale seen above the band
+    scale = 1.0
+    while True:
+        if low <= value < high:
+            return BoundaryScale(scale, value, forwards, True)
+        if value < low:
+            small = (scale, value)
+        else:
+            large = (scale, value)
+        if forwards >= max_forwards:
+            break
+        lowest, highest = scale_range
+        if (large is None and scale >= highest) or (small is None and scale <= lowest):
+            break
+        if small is not None and large is not None:
+            (s0, d0), (s1, d1) = small, large
+            a, b = math.log(s0), math.log(s1)
+            if d0 > 0:
+                fraction = (math.log(target) - math.log(d0)) / (math.log(d1) - math.log(d0))
+            else:
+                fraction = 0.5
+            scale = math.exp(a + min(max(fraction, 0.1), 0.9) * (b - a))
+        else:
+            base, current = small if large is None else large
+            factor = (target / current) ** 0.5 if current > 0 else 64.0
+            factor = min(max(factor, 2.0), 64.0) if large is None else 1 / min(max(1 / factor, 2.0), 64.0)
+            scale = min(max(base * factor, lowest), highest)
+        value = distance(scale)
+        forwards += 1
+    if large is None:  # never left the ε-ball along this direction: keep the noise as it was
+        return BoundaryScale(1.0, first, forwards, False)
+    fallback = small if side == "inside" and small is not None else large
+    return BoundaryScale(fallback[0], fallback[1], forwards, False)
 
 
 def probability_distance(clean_logits: torch.Tensor, noisy_logits: torch.Tensor) -> torch.Tensor:
@@ -191,6 +295,19 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _scaled_distance(
+    model: nn.Module, injector: NoiseInjector, inputs: dict[str, Any], clean: torch.Tensor, noise: torch.Tensor
+) -> Callable[[float], float]:
+    """``s ↦`` Eq. 5's distance of ``s·noise`` on one batch (a forward pass without gradients)."""
+    direction = noise.detach()
+
+    def distance(scale: float) -> float:
+        with torch.no_grad(), injector.applied(direction * scale):
+            return _global_mean(probability_distance(clean, _logits(model, inputs)))
+
+    return distance
+
+
 def synthesize_noise(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -204,24 +321,39 @@ def synthesize_noise(
     init: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     reuse_batches: int = 0,
+    band: float | None = 0.5,
+    place_start: bool = False,
 ) -> NoiseResult:
     """Search encoder-level noise in the ε-approximate nullspace (Eq. 7/8; Eq. 4 with ``log_norm_weight``).
 
-    Starting from U(−A, A) (or ``init``), AdamW with a cosine schedule minimises
-    E‖f(u+ṽ) − f(u)‖² on a new minibatch each step, and stops as soon as the batch mean of
-    Σ(Δsoftmax)² is below ``eps`` (Eq. 5), so the noise ends near the boundary of Ñ(ε).
+    Algorithm 1 with its stop rule made robust, in three parts:
+
+    1. **Enter from outside.** The start (U(−A, A), or ``init``) must lie outside Ñ(ε) (Eq. 5): if it is
+       inside, it is grown along its own direction until it is just outside (:func:`boundary_scale`,
+       forward passes only). With ``place_start`` (warm starts) a start far outside is also brought
+       back to just outside, so that the descent needs few steps.
+    2. **Descend** (Eq. 8): AdamW with a cosine schedule over ``max_steps`` minimises
+       E‖f(u+ṽ) − f(u)‖² on a new minibatch each step and stops at the first step whose batch mean of
+       Σ(Δsoftmax)² is below ε. The learning rate follows the noise's size (:func:`relative_lr`; for a
+       U(−A, A) start it is ``lr`` up to the sampling error of the start's RMS).
+    3. **Stop just inside.** The noise is scaled along its direction until that distance lies in
+       ``[band·ε, ε)`` on the last batch — grown when the last step went deep inside, shrunk into ε
+       when the descent used its ``max_steps`` budget without entering it (``budget_hit``).
+
+    ``band=None`` is the bare Algorithm 1 (no scale search; a search that never reaches ε returns its
+    last noise), which fixed-length searches such as Fig. 3's use.
 
     The model is put in eval mode with its weights frozen during the search, then restored. Under
-    ``torch.distributed`` the noise gradient and the stopping statistic are all-reduced, so every
-    rank takes the same steps and ends with the same noise, even when the ranks' batches differ.
+    ``torch.distributed`` the noise gradient and every distance are all-reduced, so every rank takes
+    the same steps and ends with the same noise, even when the ranks' batches differ.
 
     Args:
         model: a ViT-family model; forward must accept ``pixel_values``.
         batches: re-iterable source of batches (dicts with ``pixel_values`` or tensors).
         eps: ε, the bound on the probability distance.
-        lr: AdamW learning rate η_v.
+        lr: AdamW learning rate η_v for a noise the size of U(−A, A); scaled to the size of the start.
         init_limit: A of the uniform initialisation.
-        max_steps: T, the largest number of gradient steps.
+        max_steps: T, the gradient-step budget of this search.
         loss: ``"squared_l2"`` (paper, Eq. 7/8) or ``"l2"`` (the authors' first code, Eq. 4's J).
         log_norm_weight: λ of Eq. 4's −λ·log‖ṽ‖ exploration term (0 disables it).
         init: starting noise (a warm start), else uniform.
@@ -229,11 +361,16 @@ def synthesize_noise(
         reuse_batches: 0 draws a new minibatch every step (Algorithm 1); ``n > 0`` cycles over the first
             ``n`` minibatches and computes their clean logits once, which makes a step about a third
             cheaper but fits the noise to ``n`` minibatches only.
+        band: the search ends with the distance in ``[band·ε, ε)``; None for the bare Algorithm 1.
+        place_start: scale the start to just outside ε (``[ε, ε/band)``) before the descent, also when it
+            is far outside.
     """
     if reuse_batches < 0:
         raise ValueError(f"reuse_batches must be >= 0, got {reuse_batches}.")
     if loss not in ("squared_l2", "l2"):
         raise ValueError(f"Unknown noise loss {loss!r}: use 'squared_l2' or 'l2'.")
+    if band is not None and not (0 < band < 1 and eps > 0):
+        raise ValueError(f"band must be in (0, 1) with eps > 0 (or band=None), got band={band!r}, eps={eps!r}.")
     device = _model_device(model)
     with NoiseInjector(model) as injector, frozen_eval(model):
         pairs = _with_clean_logits(model, batches, device, reuse_batches)
@@ -242,18 +379,22 @@ def synthesize_noise(
             start = (torch.rand(injector.output_shape, generator=generator) * 2 - 1) * init_limit
         else:
             start = init.detach().to(torch.float32).cpu().clone()
-        noise = start.to(device).requires_grad_(True)
-        optimizer = torch.optim.AdamW([noise], lr=lr)
+        start = start.to(device)
+        start_mse_prob = _scaled_distance(model, injector, inputs, clean, start)(1.0)
+        forward_steps = 1
+        if band is not None and (place_start or start_mse_prob < eps):
+            placed = boundary_scale(_scaled_distance(model, injector, inputs, clean, start), eps, side="outside",
+                                    band=band, at_one=start_mse_prob)
+            start, forward_steps = start * placed.scale, forward_steps + placed.forwards
+        noise = start.requires_grad_(True)
+        optimizer = torch.optim.AdamW([noise], lr=relative_lr(lr, init_limit, start))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(max_steps, 1))
-        steps, reached, mse_prob = 0, False, math.inf
+        steps, mse_prob = 0, math.inf
         while True:
             with injector.applied(noise):
                 noisy = _logits(model, inputs)
             mse_prob = _global_mean(probability_distance(clean, noisy))
-            if mse_prob < eps:
-                reached = True
-                break
-            if steps >= max_steps:
+            if mse_prob < eps or steps >= max_steps:
                 break
             value = exploration_loss(clean, noisy, noise, log_norm_weight, loss)
             (gradient,) = torch.autograd.grad(value, [noise])
@@ -265,16 +406,24 @@ def synthesize_noise(
             scheduler.step()
             steps += 1
             inputs, clean = next(pairs)
-    final = noise.detach().float()
-    return NoiseResult(noise=final, steps=steps, mse_prob=mse_prob, norm=float(final.norm()), reached=reached)
+        final = noise.detach().float()
+        budget_hit = not mse_prob < eps
+        if band is not None:
+            settled = boundary_scale(_scaled_distance(model, injector, inputs, clean, final), eps, side="inside",
+                                     band=band, at_one=mse_prob)
+            final, mse_prob = final * settled.scale, settled.mse_prob
+            forward_steps += settled.forwards
+    return NoiseResult(noise=final, steps=steps, mse_prob=mse_prob, norm=float(final.norm()), reached=mse_prob < eps,
+                       start_mse_prob=start_mse_prob, forward_steps=forward_steps, budget_hit=budget_hit)
 
 
-def warm_start_lr(lr: float, init_limit: float, start: torch.Tensor) -> float:
-    """Learning rate for a search that starts from ``start`` instead of U(−A, A) (Eq. 8's ṽ₀).
+def relative_lr(lr: float, init_limit: float, start: torch.Tensor) -> float:
+    """The noise learning rate for a start of any size (Eq. 8's ṽ₀): ``lr · RMS(start) / (A/√3)``.
 
     AdamW moves every element by about ``lr`` per step whatever the size of the gradient, so a rate
-    set for U(−A, A), whose RMS is A/√3, throws a smaller start far off the boundary it begins near.
-    The step is kept relative to the noise: ``lr · RMS(start) / (A/√3)``.
+    set for U(−A, A), whose RMS is A/√3, throws a smaller start (a warm start) far off the boundary it
+    begins near and crawls on a larger one (a start grown out of ε). Scaling keeps each step the same
+    fraction of the noise; for a U(−A, A) start it is ``lr`` itself.
     """
     start_rms = float(start.detach().float().pow(2).mean().sqrt())
     return lr * start_rms / (init_limit / math.sqrt(3.0))
@@ -292,7 +441,8 @@ def random_noise(
 ) -> NoiseResult:
     """Random ε-noise, the Table 4 baseline: Gaussian (std 1) scaled by 0.8 until inside ε (Eq. 5).
 
-    One minibatch per check, as in the authors' ``ns_mode='random'``; all-reduced like
+    Every check is a forward pass (``steps`` counts the shrinks, ``forward_steps`` the checks). One
+    minibatch per check, as in the authors' ``ns_mode='random'``; all-reduced like
     :func:`synthesize_noise` so that every rank keeps the same noise.
     """
     device = _model_device(model)
@@ -300,10 +450,12 @@ def random_noise(
         pairs = _with_clean_logits(model, batches, device, 0)
         inputs, clean = next(pairs)
         noise = (torch.randn(injector.output_shape, generator=generator) * std).to(device)
-        steps, reached, mse_prob = 0, False, math.inf
+        steps, reached, mse_prob, start_mse_prob = 0, False, math.inf, math.nan
         while True:
             with injector.applied(noise):
                 mse_prob = _global_mean(probability_distance(clean, _logits(model, inputs)))
+            if steps == 0:
+                start_mse_prob = mse_prob
             if mse_prob < eps:
                 reached = True
                 break
@@ -312,7 +464,8 @@ def random_noise(
             noise = noise * shrink
             steps += 1
             inputs, clean = next(pairs)
-    return NoiseResult(noise=noise.float(), steps=steps, mse_prob=mse_prob, norm=float(noise.norm()), reached=reached)
+    return NoiseResult(noise=noise.float(), steps=steps, mse_prob=mse_prob, norm=float(noise.norm()), reached=reached,
+                       start_mse_prob=start_mse_prob, forward_steps=steps + 1, budget_hit=not reached)
 
 
 @torch.no_grad()

@@ -79,20 +79,45 @@ def plot_nullspace_example(
     return {"clean": labels[0], "noisy": labels[1]}
 
 
-def plot_noise_dynamics(noise_history: list[dict], output_path: str | Path) -> None:
-    """Draw Fig. 4's noise panels: the noise norm and the synthesis steps of every round."""
-    import matplotlib
+def plot_noise_dynamics(noise_history: list[dict], output_path: str | Path, eps: float | None = None,
+                        band: float | None = None) -> None:
+    """Draw Fig. 4's noise panels: per round the noise norm, the synthesis steps, and Eq. 5's distance.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The steps panel stacks gradient steps and forward-only (scale search) passes, hatched where the
+    gradient budget was used up. The distance panel shows each round's start and final mse_prob on a
+    log axis with ε (and the band ``[band·ε, ε)`` the search stops in) so that a round which did not
+    end just inside ε stands out.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [record["round"] for record in noise_history]
-    figure, (norm_axis, steps_axis) = plt.subplots(1, 2, figsize=(8, 3.2))
+    gradient = [record["steps"] for record in noise_history]
+    forward = [record.get("forward_steps", 0) for record in noise_history]
+    figure = Figure(figsize=(12, 3.4))
+    norm_axis, steps_axis, distance_axis = figure.subplots(1, 3)
     norm_axis.plot(rounds, [record["norm"] for record in noise_history], marker="o")
     norm_axis.set(xlabel="round", ylabel="noise norm ‖ṽ‖", title="Noise norm per round")
-    steps_axis.bar(rounds, [record["steps"] for record in noise_history],
-                   color=["tab:green" if record["reached"] else "tab:red" for record in noise_history])
-    steps_axis.set(xlabel="round", ylabel="synthesis steps", title="Steps to reach ε (red: not reached)")
+    bars = steps_axis.bar(rounds, gradient, color="tab:blue", label="gradient steps")
+    for bar, record in zip(bars, noise_history):
+        if record.get("budget_hit"):
+            bar.set_hatch("//")
+    steps_axis.bar(rounds, forward, bottom=gradient, color="tab:orange", label="forward-only passes")
+    steps_axis.set(xlabel="round", ylabel="synthesis passes", title="Synthesis cost (hatched: budget used up)")
+    steps_axis.legend(fontsize=8)
+    distance_axis.plot(rounds, [record.get("start_mse_prob", float("nan")) for record in noise_history], "s--",
+                       color="tab:gray", label="start")
+    distance_axis.plot(rounds, [record["mse_prob"] for record in noise_history], "o-", color="tab:green",
+                       label="final")
+    if eps is not None:
+        distance_axis.axhline(eps, color="tab:red", linestyle=":", label="ε")
+        if band:
+            distance_axis.axhspan(band * eps, eps, color="tab:green", alpha=0.12, label="target band")
+    distance_axis.set_yscale("log")
+    distance_axis.set(xlabel="round", ylabel="mse_prob (Eq. 5)", title="Distance at start and end")
+    distance_axis.legend(fontsize=8)
+    for axis in (norm_axis, steps_axis, distance_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    steps_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     figure.savefig(output_path, dpi=120)
-    plt.close(figure)

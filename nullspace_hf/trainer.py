@@ -15,15 +15,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedModel, Trainer
+from transformers.utils import logging
 
 from .callbacks import EMACallback
 from .config import NullspaceConfig
 from .hub import build_model_card, read_results
-from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise, warm_start_lr
+from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
 
 NOISE_FILE = "nullspace_noise.safetensors"
 HISTORY_FILE = "noise_history.json"
 EMA_FILE = "ema.safetensors"
+
+logger = logging.get_logger(__name__)
 
 PAPER_CITATION = """@article{liu2024approximate,
   title={Approximate Nullspace Augmented Finetuning for Robust Vision Transformers},
@@ -62,8 +65,10 @@ class NullspaceTrainer(Trainer):
     :func:`random_noise` for the Table 4 baseline) and added to the patch-embedding output of every
     training sample. ``noise_mode="none"`` is vanilla fine-tuning through the same code path.
 
-    Each round's statistics go to the Trainer's logs (``noise/norm``, ``noise/steps``,
-    ``noise/mse_prob``, ``noise/reached``) and to :attr:`noise_history`. Checkpoints and the saved
+    Each round's statistics go to the Trainer's logs (``noise/norm``, ``noise/steps`` (gradient steps),
+    ``noise/forward_steps``, ``noise/start_mse_prob``, ``noise/mse_prob``, ``noise/reached``,
+    ``noise/budget_hit``) and to :attr:`noise_history`; a round that uses up its gradient budget is
+    also logged as a warning. Checkpoints and the saved
     model hold ``nullspace_noise.safetensors`` and ``noise_history.json`` beside plain
     ``save_pretrained`` weights, which load without this package.
 
@@ -133,12 +138,36 @@ class NullspaceTrainer(Trainer):
         if args.noise_mode == "random":
             return random_noise(self.model, batches, eps=args.noise_eps, generator=generator)
         warm = self.noise * args.noise_warm_start_scale if args.noise_warm_start and self.noise is not None else None
-        lr = args.noise_lr if warm is None else warm_start_lr(args.noise_lr, args.noise_init_limit, warm)
-        return synthesize_noise(
-            self.model, batches, eps=args.noise_eps, lr=lr, init_limit=args.noise_init_limit,
-            max_steps=args.noise_max_steps, loss=args.noise_loss, log_norm_weight=args.noise_log_norm_weight,
-            init=warm, generator=generator, reuse_batches=args.noise_reuse_batches,
+        budget = args.noise_max_steps if warm is None else args.noise_warm_max_steps
+        result = synthesize_noise(
+            self.model, batches, eps=args.noise_eps, lr=args.noise_lr if warm is None else args.noise_warm_lr,
+            init_limit=args.noise_init_limit,
+            max_steps=budget, loss=args.noise_loss, log_norm_weight=args.noise_log_norm_weight, init=warm,
+            generator=generator, reuse_batches=args.noise_reuse_batches, band=args.noise_boundary_band or None,
+            place_start=warm is not None,
         )
+        setting = "noise_max_steps" if warm is None else "noise_warm_max_steps"
+        self._warn_about_round(round_index, result, budget, setting)
+        return result
+
+    def _warn_about_round(self, round_index: int, result: NoiseResult, budget: int, setting: str) -> None:
+        """Say when a round's noise is not a searched noise just inside ε, and which setting to change."""
+        eps, band = self.args.noise_eps, self.args.noise_boundary_band
+        if result.budget_hit:
+            logger.warning(
+                f"Noise round {round_index}: the synthesis used its whole budget of {budget} gradient steps "
+                f"({setting}) without entering eps = {eps}; "
+                + (f"the noise was scaled into eps along its direction (final mse_prob {result.mse_prob:.3g})."
+                   if result.reached else f"the noise is outside eps (mse_prob {result.mse_prob:.3g}).")
+                + f" Raise {setting} for a fully searched noise."
+            )
+        elif band and result.mse_prob < band * eps:
+            logger.warning(
+                f"Noise round {round_index}: the noise ends at mse_prob {result.mse_prob:.3g}, below "
+                f"noise_boundary_band * eps = {band * eps:.3g}: the model's predictions stay within eps along its "
+                "direction even at 10^6 times its size (near-uniform predictions?), so there is no boundary to stop at. "
+                "A smaller noise_eps gives the search one."
+            )
 
     def refresh_noise(self) -> None:
         """Synthesise the noise of the current round if it is not there yet (Algorithm 1, line 3)."""

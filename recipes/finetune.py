@@ -29,7 +29,7 @@ from nullspace_hf.data import (
     load_image_dataset,
 )
 from nullspace_hf.evaluation import evaluate_robustness
-from nullspace_hf.hub import RESULTS_FILE, HubPushError, push_output_dir, summarize_report
+from nullspace_hf.hub import RESULTS_FILE, HubPushError, noise_rounds_table, push_output_dir, summarize_report
 from nullspace_hf.parsing import parse_with_config
 from nullspace_hf.plots import plot_noise_dynamics
 
@@ -162,7 +162,9 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
         output = Path(training_args.output_dir)
         (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         if trainer.noise_history:
-            plot_noise_dynamics(trainer.noise_history, output / "noise_dynamics.png")
+            plot_noise_dynamics(trainer.noise_history, output / "noise_dynamics.png", eps=training_args.noise_eps,
+                                band=training_args.noise_boundary_band)
+            print(f"Noise rounds (eps = {training_args.noise_eps}):\n{noise_rounds_table(trainer.noise_history)}")
         trainer.create_model_card(dataset_name=dataset_name, dataset_id=script_args.dataset_name)
         print_table(results)
         print(f"Wrote {output}: model.safetensors, README.md (model card), {RESULTS_FILE}, noise files"

@@ -56,7 +56,7 @@ METHODS = ("vanilla", "random", "nullspace", "nullspace_a1", "nullspace_fast", "
 METHOD_LABELS = {"vanilla": "Vanilla fine-tuning", "random": "Random ε-noise",
                  "nullspace": "Nullspace (paper schedule: fresh U(−3, 3) each round)",
                  "nullspace_a1": "Nullspace (fresh U(−1, 1) each round)",
-                 "nullspace_fast": "Nullspace (package defaults: warm start × 1.1, A = 1)",
+                 "nullspace_fast": "Nullspace (package defaults: boundary search, warm start, ≤ 200 / ≤ 10 steps)",
                  "madry": "Madry (PGD)", "trades": "TRADES"}
 MAIN_EPS = 0.03
 
@@ -88,7 +88,8 @@ class ReproduceArguments:
     batch_size: int = field(default=64, metadata={"help": "Fine-tuning batch size (also the synthesis batch)."})
     learning_rate: float = field(default=3e-4, metadata={"help": "Fine-tuning learning rate (AdamW, cosine)."})
     noise_refresh_steps: int = field(default=40, metadata={"help": "Steps between noise syntheses."})
-    noise_max_steps: int = field(default=3000, metadata={"help": "Largest number of synthesis steps per round."})
+    noise_max_steps: int = field(default=3000, metadata={
+        "help": "Synthesis budget of the fresh-start schedules (nullspace, nullspace_a1; the package defaults keep theirs)."})
     adversarial_epsilon: float = field(default=1 / 255, metadata={"help": "L∞ budget of Madry/TRADES training."})
     adversarial_steps: int = field(default=3, metadata={"help": "PGD steps per batch in Madry/TRADES training."})
     eval_samples: int = field(default=1000, metadata={"help": "Test images of the robustness evaluation."})
@@ -99,6 +100,8 @@ class ReproduceArguments:
     analysis_samples: int = field(default=256, metadata={"help": "Test images that measure noise influence."})
     analysis_steps: int = field(default=600, metadata={"help": "Fig. 3: synthesis steps per regularisation."})
     regularization_strengths: str = field(default="0,1,10,100", metadata={"help": "Fig. 3: λ values of Eq. 4."})
+    analysis: bool = field(default=True, metadata={
+        "help": "Measure and draw Fig. 3 and Fig. 5 on the pretrained model (false: the method tables and Fig. 4 only)."})
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -209,12 +212,13 @@ def _training_config(spec: RunSpec, args: ReproduceArguments, output_dir: Path) 
     if spec.method in ("madry", "trades"):
         return AdversarialConfig(adversarial_method=spec.method, adversarial_epsilon=args.adversarial_epsilon,
                                  adversarial_steps=args.adversarial_steps, **common)
+    fresh = {"noise_mode": "nullspace", "noise_warm_start": False, "noise_max_steps": args.noise_max_steps}
     noise = {"vanilla": {"noise_mode": "none"}, "random": {"noise_mode": "random"},
-             "nullspace": {"noise_mode": "nullspace", "noise_init_limit": 3.0, "noise_warm_start": False},
-             "nullspace_a1": {"noise_mode": "nullspace", "noise_init_limit": 1.0, "noise_warm_start": False},
+             "nullspace": {**fresh, "noise_init_limit": 3.0},
+             "nullspace_a1": {**fresh, "noise_init_limit": 1.0},
              "nullspace_fast": {"noise_mode": "nullspace"}}
-    return NullspaceConfig(noise_eps=spec.eps, noise_refresh_steps=args.noise_refresh_steps,
-                           noise_max_steps=args.noise_max_steps, **noise[spec.method], **common)
+    return NullspaceConfig(noise_eps=spec.eps, noise_refresh_steps=args.noise_refresh_steps, **noise[spec.method],
+                           **common)
 
 
 def _robustness(model: torch.nn.Module, processor: Any, test: Dataset, args: ReproduceArguments, *,
@@ -494,20 +498,22 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
                                      lambda spec=spec: finetune_and_evaluate(spec, args, pretrained, train, test))
     inputs = functools.cache(lambda: analysis_inputs(args, pretrained, train, test))  # loaded once, if needed
     analysis = {"fig3": _cached(output / "analysis_fig3.json", lambda: measure_fig3(args, inputs())),
-                "fig5": _cached(output / "analysis_fig5.json", lambda: measure_fig5(args, inputs()))}
+                "fig5": _cached(output / "analysis_fig5.json", lambda: measure_fig5(args, inputs()))} \
+        if args.analysis else {}
 
     table = aggregate(results, reference)
     reference_row = run_metrics({"report": reference, "train_seconds": math.nan}, reference)
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "results_tables.md").write_text(
         markdown_tables(table, reference_row, args.method_list, args.eps_list), encoding="utf-8")
-    plot_fig3(analysis["fig3"], report_dir / "fig3_learned_vs_permuted.png")
+    if analysis:
+        plot_fig3(analysis["fig3"], report_dir / "fig3_learned_vs_permuted.png")
+        plot_fig5(analysis["fig5"], report_dir / "fig5_scaling_and_combination.png")
     first_seed = args.seed_list[0]
     nullspace_run = results.get(RunSpec("nullspace", MAIN_EPS, first_seed).name)
     if nullspace_run:
         plot_fig4(nullspace_run, results.get(RunSpec("vanilla", MAIN_EPS, first_seed).name),
                   report_dir / "fig4_rounds.png")
-    plot_fig5(analysis["fig5"], report_dir / "fig5_scaling_and_combination.png")
     pretrain_metrics = json.loads((pretrained / "pretrain_metrics.json").read_text()) \
         if (pretrained / "pretrain_metrics.json").is_file() else {}
     summary = {"arguments": dataclasses.asdict(args), "pretrained": {"metrics": pretrain_metrics, **reference_row},

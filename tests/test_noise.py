@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from nullspace_hf import NoiseInjector, noise_influence, random_noise, synthesize_noise
-from nullspace_hf.noise import probability_distance, warm_start_lr
+from nullspace_hf.noise import boundary_scale, probability_distance, relative_lr
 
 from .helpers import digits_tensors, make_tiny_model, train_briefly
 
@@ -93,12 +95,83 @@ def test_synthesis_freezes_and_restores_the_model(trained):
     model.eval()
 
 
-def test_max_steps_bounds_the_search_and_init_is_used(trained):
+def test_bare_algorithm_stops_at_its_budget_and_uses_init(trained):
     model, train_batches, _ = trained
     init = 5 * torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
-    result = synthesize_noise(model, train_batches, eps=1e-9, max_steps=4, init=init, lr=0.0)
-    assert result.steps == 4 and not result.reached
+    result = synthesize_noise(model, train_batches, eps=1e-9, max_steps=4, init=init, lr=0.0, band=None)
+    assert result.steps == 4 and not result.reached and result.budget_hit and result.forward_steps == 1
     torch.testing.assert_close(result.noise, init)
+
+
+def _distance(model, batch, noise):
+    """Eq. 5's distance of ``noise`` on one batch, computed here independently of the search."""
+    with torch.no_grad(), NoiseInjector(model) as injector:
+        clean = model(pixel_values=batch).logits
+        with injector.applied(noise):
+            return float(probability_distance(clean, model(pixel_values=batch).logits).mean())
+
+
+@pytest.mark.parametrize("start", ["inside", "far-outside-warm", "paper"])
+def test_search_enters_from_outside_and_ends_just_inside(trained, start):
+    """On one batch the final distance, recomputed here, lies in [eps/2, eps) whatever the start."""
+    model, train_batches, _ = trained
+    batch = train_batches[0]
+    direction = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+    kwargs = {"inside": dict(init=1e-4 * direction),
+              "far-outside-warm": dict(init=20 * direction, place_start=True, max_steps=10),
+              "paper": dict(init_limit=3.0)}[start]
+    result = synthesize_noise(model, [batch], eps=EPS, generator=torch.Generator().manual_seed(0), **kwargs)
+    measured = _distance(model, batch, result.noise)
+    assert EPS / 2 <= measured < EPS and result.mse_prob == pytest.approx(measured, rel=1e-4)
+    assert result.reached and result.forward_steps >= 1
+    if start == "inside":
+        # the bare rule would have stopped at step 0 with the random start: here it was grown, then searched
+        assert result.start_mse_prob < EPS / 100
+        assert _distance(model, batch, 1e-4 * direction) == pytest.approx(result.start_mse_prob, rel=1e-3)
+        assert result.norm > 10 * float((1e-4 * direction).norm()) and result.steps > 0
+    if start == "far-outside-warm":
+        assert result.start_mse_prob > 10 * EPS and result.steps <= 10
+
+
+def test_a_used_up_budget_is_scaled_into_eps_and_reported(trained):
+    model, train_batches, _ = trained
+    init = 5 * torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    result = synthesize_noise(model, train_batches[:1], eps=EPS, max_steps=2, init=init, lr=0.0)
+    assert result.steps == 2 and result.budget_hit and result.reached
+    assert EPS / 2 <= _distance(model, train_batches[0], result.noise) < EPS
+    cosine = torch.nn.functional.cosine_similarity(result.noise.flatten(), init.flatten(), dim=0)
+    assert float(cosine) == pytest.approx(1.0, abs=1e-5), "lr 0: only the scale changed"
+
+
+@pytest.mark.parametrize("side,low,high", [("inside", 0.5, 1.0), ("outside", 1.0, 2.0)])
+@pytest.mark.parametrize("curve", ["quadratic", "saturating", "steep"])
+@pytest.mark.parametrize("start_scale", [1e-3, 0.7, 1.0, 30.0])
+def test_boundary_scale_lands_in_the_band(side, low, high, curve, start_scale):
+    """Forward-only scale search on model-free distance curves: small noise ∝ s², saturation at 2."""
+    eps = 0.03
+    shapes = {"quadratic": lambda s: 0.03 * s**2, "saturating": lambda s: 2 * (1 - math.exp(-0.015 * s**2)),
+              "steep": lambda s: min(2.0, 0.03 * s**6)}
+    calls = []
+
+    def distance(scale):
+        calls.append(scale)
+        return shapes[curve](start_scale * scale)
+
+    found = boundary_scale(distance, eps, side=side, band=0.5)
+    assert found.found and low * eps <= distance(found.scale) < high * eps
+    assert found.mse_prob == pytest.approx(shapes[curve](start_scale * found.scale))
+    assert found.forwards == len(calls) - 1 <= 16
+
+
+def test_boundary_scale_reports_a_noise_the_model_ignores():
+    scales = []
+    found = boundary_scale(lambda scale: scales.append(scale) or 0.0, 0.03, side="outside", max_forwards=40)
+    assert not found.found and found.scale == 1.0 and found.mse_prob == 0.0
+    assert max(scales) == 1e6 and found.forwards == len(scales) <= 6, "growth stops at the top of scale_range"
+    with pytest.raises(ValueError, match="side must be"):
+        boundary_scale(lambda scale: 0.0, 0.03, side="above")
+    with pytest.raises(ValueError, match="0 < band < 1"):
+        boundary_scale(lambda scale: 0.0, 0.03, side="inside", band=1.5)
 
 
 @pytest.mark.parametrize("loss", ["squared_l2", "l2"])
@@ -107,7 +180,8 @@ def test_losses_and_uniform_init_are_reproducible(trained, loss):
     runs = [synthesize_noise(model, train_batches, loss=loss, max_steps=50, generator=torch.Generator().manual_seed(7))
             for _ in range(2)]
     torch.testing.assert_close(runs[0].noise, runs[1].noise)
-    start = synthesize_noise(model, train_batches, loss=loss, max_steps=0, generator=torch.Generator().manual_seed(7))
+    start = synthesize_noise(model, train_batches, loss=loss, max_steps=0, band=None,
+                             generator=torch.Generator().manual_seed(7))
     assert start.noise.abs().max() <= 3.0 and start.noise.abs().max() > 2.5
 
 
@@ -133,24 +207,24 @@ def test_reused_batches_give_the_same_search_with_fewer_clean_forwards(trained, 
     """``reuse_batches=n`` is the search over n minibatches cycled, with their clean logits computed once."""
     model, train_batches, _ = trained
     with _CountingForwards(model) as counter:
-        reused = synthesize_noise(model, train_batches, reuse_batches=kept, max_steps=12, eps=1e-9,
+        reused = synthesize_noise(model, train_batches, reuse_batches=kept, max_steps=12, eps=1e-9, band=None,
                                   generator=torch.Generator().manual_seed(3))
     reused_forwards = counter.calls
     with _CountingForwards(model) as counter:
-        cycled = synthesize_noise(model, train_batches[:kept], max_steps=12, eps=1e-9,
+        cycled = synthesize_noise(model, train_batches[:kept], max_steps=12, eps=1e-9, band=None,
                                   generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(reused.noise, cycled.noise, atol=0, rtol=0)
     assert reused.steps == cycled.steps == 12
-    assert counter.calls == 2 * 13
-    assert reused_forwards == 13 + kept
+    assert counter.calls == 2 * 13 + 1  # clean + noisy per step, and the start's distance
+    assert reused_forwards == 13 + kept + 1
 
 
 @pytest.mark.parametrize("limit", [1.0, 3.0])
-def test_warm_start_lr_keeps_the_step_relative_to_the_noise(limit):
+def test_relative_lr_keeps_the_step_relative_to_the_noise(limit):
     uniform = (torch.rand(200_000, generator=torch.Generator().manual_seed(0)) * 2 - 1) * limit
-    assert warm_start_lr(0.1, limit, uniform) == pytest.approx(0.1, rel=1e-2)
-    assert warm_start_lr(0.1, limit, uniform / 4) == pytest.approx(0.025, rel=1e-2)
-    assert warm_start_lr(0.1, limit, torch.full((16, 32), 0.5)) == pytest.approx(0.1 * 0.5 * 3**0.5 / limit)
+    assert relative_lr(0.1, limit, uniform) == pytest.approx(0.1, rel=1e-2)
+    assert relative_lr(0.1, limit, uniform / 4) == pytest.approx(0.025, rel=1e-2)
+    assert relative_lr(0.1, limit, torch.full((16, 32), 0.5)) == pytest.approx(0.1 * 0.5 * 3**0.5 / limit)
 
 
 def test_log_norm_term_keeps_a_larger_noise(trained):
@@ -185,3 +259,5 @@ def test_bad_synthesis_inputs_are_clear_errors(trained):
         synthesize_noise(model, [])
     with pytest.raises(ValueError, match="reuse_batches must be >= 0"):
         synthesize_noise(model, train_batches, reuse_batches=-1)
+    with pytest.raises(ValueError, match="band must be in"):
+        synthesize_noise(model, train_batches, band=1.0)

@@ -128,6 +128,12 @@ def test_push_to_loopback_hub_and_pull_back(small_data, tmp_path):
         assert metrics["Clean accuracy"] == pytest.approx(after["clean_accuracy"], abs=1e-3)
         assert "FGSM accuracy" in metrics and "Mean corruption accuracy" in metrics
         assert "ViTForImageClassification.from_pretrained(\"user/tiny-ns\")" in card.text
+        history = json.loads((output / "noise_history.json").read_text())["rounds"]
+        assert "| round | step | start mse_prob | final mse_prob | gradient steps | forward-only passes |" in card.text
+        for record in history:  # every round's row, with the numbers of noise_history.json
+            row = (f"| {record['round']} | {record['step']} | {record['start_mse_prob']:.3g} | "
+                   f"{record['mse_prob']:.4f} | {record['steps']} | {record['forward_steps']} | {record['norm']:.3f} |")
+            assert row in card.text
 
         pixels = torch.randn(3, 3, 32, 32)
         torch.save(pixels, tmp_path / "pixels.pt")
@@ -184,7 +190,13 @@ def test_embedded_default_runs_and_its_model_loads_without_the_package(tmp_path)
                  "noise_history.json", "noise_dynamics.png", "preprocessor_config.json"):
         assert (output / name).is_file(), name
     history = json.loads((output / "noise_history.json").read_text())["rounds"]
-    assert len(history) == 5 and all(record["reached"] for record in history)
+    assert len(history) == 5
+    for record in history:  # every round searched and ended just inside eps = 0.03, none left at its random start
+        assert 0.015 <= record["mse_prob"] < 0.03 and record["reached"], record
+        assert record["steps"] + record["forward_steps"] > 1, record
+    printed = result.stdout[result.stdout.index("Noise rounds (eps = 0.03):"):]
+    assert all(f"| {record['mse_prob']:.4f} | {record['steps']} | {record['forward_steps']} |" in printed
+               for record in history)
     code = ("import sys\nfrom transformers import ViTForImageClassification, pipeline\n"
             f"ViTForImageClassification.from_pretrained({str(output)!r})\n"
             f"pipeline('image-classification', model={str(output)!r})\n"

@@ -80,6 +80,14 @@ def test_quick_run_writes_every_table_and_figure_and_resumes(recipe, parquet_dat
     again = recipe.main(_args(recipe, parquet_data, output))
     assert again["runs"] == summary["runs"]
 
+    monkeypatch.setattr(recipe, "measure_fig3", refuse)
+    monkeypatch.setattr(recipe, "measure_fig5", refuse)
+    tables_only = recipe.main(_args(recipe, parquet_data, output, "--analysis", "false", "--report_dir",
+                                    str(tmp_path / "tables_only")))
+    assert tables_only["runs"] == summary["runs"] and tables_only["analysis"] == {}
+    assert sorted(path.name for path in (tmp_path / "tables_only").iterdir()) == [
+        "fig4_rounds.png", "results.json", "results_tables.md"]
+
 
 def test_plan_has_every_method_seed_and_ablation(recipe, parquet_data, tmp_path):
     args = _args(recipe, parquet_data, tmp_path, "--seeds", "0,1", "--ablation_eps", "0.05,0.1")

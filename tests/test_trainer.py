@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import subprocess
 import sys
@@ -21,11 +23,11 @@ from transformers import (
 
 import nullspace_hf.trainer as trainer_module
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, synthesize_noise
-from nullspace_hf.noise import warm_start_lr
 
-from .helpers import DictDataset, digits_tensors, free_port, make_tiny_model
+from .helpers import DictDataset, digits_tensors, free_port, make_tiny_model, train_briefly
 
 MODEL = dict(num_labels=10, image_size=16, patch_size=4, initializer_range=0.2)
+SHIPPED = Path(__file__).resolve().parents[1] / "recipes" / "checkpoints" / "vit-tiny-digits"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,8 @@ def test_rounds_are_logged_weights_change_and_files_are_written(tmp_path, datase
     assert len(trainer.noise_history) == 3
     for entry, record in zip(rounds, trainer.noise_history):
         assert entry["noise/norm"] == pytest.approx(record["norm"]) and entry["noise/steps"] == record["steps"]
-        assert {"noise/mse_prob", "noise/reached"} <= entry.keys()
+        assert {"noise/mse_prob", "noise/reached", "noise/start_mse_prob", "noise/forward_steps",
+                "noise/budget_hit"} <= entry.keys()
     assert any(not torch.equal(before[k], v) for k, v in _weights(trainer.model).items())
     trainer.save_model()
     out = Path(trainer.args.output_dir)
@@ -88,23 +91,60 @@ def test_rounds_are_logged_weights_change_and_files_are_written(tmp_path, datase
     assert history["rounds"] == trainer.noise_history and history["noise_mode"] == mode
 
 
-@pytest.mark.parametrize("schedule", [
-    {"noise_init_limit": 3.0, "noise_warm_start": False},      # the paper's
-    {"noise_init_limit": 1.0, "noise_warm_start": False},      # fresh U(-1, 1) each round
-    {},                                                        # the defaults: warm start x 1.1
-    {"noise_warm_start_scale": 2.0, "noise_reuse_batches": 2},  # a larger step, two kept minibatches
-])
-def test_every_round_of_every_schedule_meets_eps(tmp_path, dataset, schedule):
-    trainer = _trainer(tmp_path, dataset, max_steps=9, noise_max_steps=3000, noise_eps=0.03, **schedule)
+SCHEDULES = {
+    "defaults": {},
+    "paper": {"noise_init_limit": 3.0, "noise_warm_start": False, "noise_max_steps": 3000},
+    "warm-x1.0": {"noise_warm_start_scale": 1.0},
+    "warm-x1.1": {"noise_warm_start_scale": 1.1},
+    "warm-x2": {"noise_warm_start_scale": 2.0, "noise_reuse_batches": 2},
+    "start-inside-eps": {"noise_init_limit": 1e-3, "noise_warm_start": False},
+}
+
+
+@functools.cache
+def _trained_tiny(family):
+    """A tiny random ViT/DeiT/Dinov2 (16×16 input, patch 4) trained briefly on digits.
+
+    Untrained, such a model predicts nearly uniformly and no noise of any size moves its softmax by
+    ε = 0.03 (the distance saturates below it), so there would be no ε boundary to test.
+    """
+    pixels, labels = digits_tensors("train", image_size=16)
+    return train_briefly(make_tiny_model(family, **MODEL), pixels, labels, steps=100)
+
+
+def _digits_model(family):
+    """The shipped digits ViT (32×32 input), or a briefly trained tiny ViT/DeiT/Dinov2 (16×16 input)."""
+    if family == "shipped":
+        return ViTForImageClassification.from_pretrained(SHIPPED), 32
+    return copy.deepcopy(_trained_tiny(family)), 16
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("family", ["shipped", "vit", "deit", "dinov2"])
+def test_every_round_ends_just_inside_eps(tmp_path, family, schedule):
+    """Every round's noise: entered from outside eps, final synthesis-batch mse_prob in [eps/2, eps)."""
+    model, size = _digits_model(family)
+    pixels, labels = digits_tensors("train", image_size=size)
+    data = DictDataset(pixels[:256], labels[:256])
+    args = _config(tmp_path, max_steps=9, **{"noise_max_steps": 200, **SCHEDULES[schedule]})
+    trainer = NullspaceTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
     assert len(trainer.noise_history) == 3
     for record in trainer.noise_history:
-        assert record["reached"] and record["mse_prob"] < 0.03, record
+        assert 0.015 <= record["mse_prob"] < 0.03 and record["reached"], record
+        assert record["steps"] + record["forward_steps"] > 1, record
+        if record["start_mse_prob"] < 0.03:  # a start inside eps is grown out of it (forward passes), then searched
+            assert record["forward_steps"] >= 2, record
+    if schedule == "start-inside-eps":
+        assert all(record["start_mse_prob"] < 0.03 / 10 for record in trainer.noise_history)
+        start_norm = 1e-3 * (trainer.noise.numel() / 3) ** 0.5  # the norm of U(-1e-3, 1e-3)
+        assert all(record["norm"] > 10 * start_norm for record in trainer.noise_history)
 
 
 @pytest.mark.parametrize("warm_start,scale", [(True, 1.1), (True, 2.0), (False, 1.1)])
 def test_each_round_starts_from_its_schedule(tmp_path, dataset, monkeypatch, warm_start, scale):
-    """Round 0 starts from U(-A, A); later rounds from scale x the previous noise at a learning rate scaled to it."""
+    """Round 0 starts from U(-A, A) on the fresh budget; later rounds from scale x the previous noise, placed
+    just outside eps, on the warm budget."""
     calls = []
 
     def recording(model, batches, **kwargs):
@@ -114,17 +154,39 @@ def test_each_round_starts_from_its_schedule(tmp_path, dataset, monkeypatch, war
 
     monkeypatch.setattr(trainer_module, "synthesize_noise", recording)
     trainer = _trainer(tmp_path, dataset, max_steps=6, noise_warm_start=warm_start, noise_warm_start_scale=scale,
-                       noise_init_limit=1.0, noise_lr=0.1, noise_reuse_batches=3)
+                       noise_init_limit=1.0, noise_lr=0.1, noise_warm_lr=0.02, noise_reuse_batches=3,
+                       noise_max_steps=40, noise_warm_max_steps=7)
     trainer.train()
     assert len(calls) == 2
-    assert calls[0][0]["init"] is None and calls[0][0]["lr"] == 0.1 and calls[0][0]["reuse_batches"] == 3
-    second = calls[1][0]
+    first, second = calls[0][0], calls[1][0]
+    assert first["init"] is None and first["lr"] == 0.1 and first["reuse_batches"] == 3
+    assert first["max_steps"] == 40 and not first["place_start"] and first["band"] == 0.5
     if not warm_start:
-        assert second["init"] is None and second["lr"] == 0.1
+        assert second["init"] is None and second["max_steps"] == 40 and not second["place_start"]
+        assert second["lr"] == 0.1
         return
     torch.testing.assert_close(second["init"], calls[0][1] * scale)
-    assert second["lr"] == pytest.approx(warm_start_lr(0.1, 1.0, calls[0][1] * scale))
-    assert second["lr"] != pytest.approx(0.1)
+    assert second["max_steps"] == 7 and second["place_start"] and second["lr"] == 0.02
+
+
+def test_a_used_up_budget_is_logged_as_a_warning(tmp_path, dataset, caplog):
+    args = _config(tmp_path, max_steps=3, noise_max_steps=1, noise_init_limit=3.0, noise_lr=1e-6)
+    trainer = NullspaceTrainer(model=_digits_model("vit")[0], args=args, train_dataset=dataset)
+    with caplog.at_level("WARNING", logger="nullspace_hf.trainer"):
+        trainer.train()
+    record = trainer.noise_history[0]
+    assert record["budget_hit"] and record["steps"] == 1 and record["reached"]
+    assert any("Noise round 0" in m and "budget of 1 gradient steps (noise_max_steps)" in m for m in caplog.messages)
+    logged = [entry for entry in trainer.state.log_history if "noise/budget_hit" in entry]
+    assert logged[0]["noise/budget_hit"] == 1.0 and logged[0]["noise/start_mse_prob"] > 0.03
+
+
+def test_bare_algorithm_1_keeps_a_start_inside_eps(tmp_path, dataset):
+    """noise_boundary_band=0 is the bare stop rule: a start inside eps is used as it is (0 steps)."""
+    trainer = _trainer(tmp_path, dataset, max_steps=3, noise_init_limit=1e-4, noise_boundary_band=0.0)
+    trainer.train()
+    record = trainer.noise_history[0]
+    assert record["steps"] == 0 and record["mse_prob"] < 0.03 / 100 and record["forward_steps"] == 1
 
 
 def test_saved_model_loads_without_the_package(tmp_path, dataset):
@@ -210,12 +272,12 @@ def test_torch_compile_trains_like_eager_mode(tmp_path, dataset, backend):
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, dataset):
-    # noise_max_steps=0 keeps the seeded uniform init, so both runs use the same noise
-    full = _trainer(tmp_path / "full", dataset, noise_max_steps=0, per_device_train_batch_size=16, max_steps=4,
-                    optim="sgd")
+    # the bare rule with noise_max_steps=0 keeps the seeded uniform init, so both runs use the same noise
+    full = _trainer(tmp_path / "full", dataset, noise_max_steps=0, noise_boundary_band=0.0,
+                    per_device_train_batch_size=16, max_steps=4, optim="sgd")
     full.train()
-    accumulated = _trainer(tmp_path / "acc", dataset, noise_max_steps=0, per_device_train_batch_size=8,
-                           gradient_accumulation_steps=2, max_steps=4, optim="sgd")
+    accumulated = _trainer(tmp_path / "acc", dataset, noise_max_steps=0, noise_boundary_band=0.0,
+                           per_device_train_batch_size=8, gradient_accumulation_steps=2, max_steps=4, optim="sgd")
     accumulated.train()
     torch.testing.assert_close(full.noise, accumulated.noise)
     _assert_same_weights(_weights(full.model), _weights(accumulated.model), atol=1e-5)
