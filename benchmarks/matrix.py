@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoModelForImageClassification,
     DeiTConfig,
     DeiTForImageClassification,
     Dinov2Config,
@@ -38,7 +37,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from benchmarks.overhead import CIFAR, DIGITS_MODEL, ROOT, TensorRows, load_rows, timed_run
+from benchmarks.overhead import CIFAR, DIGITS_MODEL, ROOT, load_rows, timed_run
 
 PAPER = {"noise_warm_start": False, "noise_init_limit": 3.0, "noise_max_steps": 3000, "noise_lr": 0.1}
 

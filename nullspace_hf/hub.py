@@ -13,7 +13,7 @@ TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 RESULTS_FILE = "results.json"
 CARD_TAGS = ["nullspace", "robustness", "vision-transformer", "image-classification"]
 HYPERPARAMETERS = (
-    "noise_mode", "noise_eps", "noise_lr", "noise_init_limit", "noise_max_steps", "noise_warm_max_steps",
+    "noise_mode", "noise_eps", "noise_lr", "noise_init_limit", "noise_max_steps", "noise_warm_lr", "noise_warm_max_steps",
     "noise_boundary_band", "noise_refresh_steps", "noise_loss",
     "noise_log_norm_weight", "noise_warm_start", "noise_warm_start_scale", "noise_reuse_batches", "noisy_loss_weight",
     "noisy_forward", "ema_decay",

@@ -174,6 +174,7 @@ def boundary_scale(
     small: tuple[float, float] | None = None  # the largest scale seen below the band, and its distance
     large: tuple[float, float] | None = None  # the smallest scale seen above the band
     scale = 1.0
+    lowest, highest = scale_range
     while True:
         if low <= value < high:
             return BoundaryScale(scale, value, forwards, True)
@@ -183,7 +184,6 @@ def boundary_scale(
             large = (scale, value)
         if forwards >= max_forwards:
             break
-        lowest, highest = scale_range
         if (large is None and scale >= highest) or (small is None and scale <= lowest):
             break
         if small is not None and large is not None:
@@ -380,11 +380,10 @@ def synthesize_noise(
         else:
             start = init.detach().to(torch.float32).cpu().clone()
         start = start.to(device)
-        start_mse_prob = _scaled_distance(model, injector, inputs, clean, start)(1.0)
-        forward_steps = 1
+        start_distance = _scaled_distance(model, injector, inputs, clean, start)
+        start_mse_prob, forward_steps = start_distance(1.0), 1
         if band is not None and (place_start or start_mse_prob < eps):
-            placed = boundary_scale(_scaled_distance(model, injector, inputs, clean, start), eps, side="outside",
-                                    band=band, at_one=start_mse_prob)
+            placed = boundary_scale(start_distance, eps, side="outside", band=band, at_one=start_mse_prob)
             start, forward_steps = start * placed.scale, forward_steps + placed.forwards
         noise = start.requires_grad_(True)
         optimizer = torch.optim.AdamW([noise], lr=relative_lr(lr, init_limit, start))
@@ -423,7 +422,7 @@ def relative_lr(lr: float, init_limit: float, start: torch.Tensor) -> float:
     AdamW moves every element by about ``lr`` per step whatever the size of the gradient, so a rate
     set for U(−A, A), whose RMS is A/√3, throws a smaller start (a warm start) far off the boundary it
     begins near and crawls on a larger one (a start grown out of ε). Scaling keeps each step the same
-    fraction of the noise; for a U(−A, A) start it is ``lr`` itself.
+    fraction of the noise; for a U(−A, A) start it is ``lr`` up to the sampling error of its RMS.
     """
     start_rms = float(start.detach().float().pow(2).mean().sqrt())
     return lr * start_rms / (init_limit / math.sqrt(3.0))

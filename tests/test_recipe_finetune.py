@@ -130,6 +130,8 @@ def test_push_to_loopback_hub_and_pull_back(small_data, tmp_path):
         assert "ViTForImageClassification.from_pretrained(\"user/tiny-ns\")" in card.text
         history = json.loads((output / "noise_history.json").read_text())["rounds"]
         assert "| round | step | start mse_prob | final mse_prob | gradient steps | forward-only passes |" in card.text
+        for setting in ("noise_max_steps", "noise_warm_lr", "noise_warm_max_steps", "noise_boundary_band"):
+            assert f"| `{setting}` |" in card.text, setting
         for record in history:  # every round's row, with the numbers of noise_history.json
             row = (f"| {record['round']} | {record['step']} | {record['start_mse_prob']:.3g} | "
                    f"{record['mse_prob']:.4f} | {record['steps']} | {record['forward_steps']} | {record['norm']:.3f} |")
