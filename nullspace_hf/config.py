@@ -126,6 +126,42 @@ class NullspaceConfig(TrainingArguments):
         },
     )
 
+    train_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "The authors' round length: each round (noise_refresh_steps) is one pass over this share of the "
+            "training set (they: 0.004 of ImageNet, 20 rounds). Sets noise_refresh_steps from the dataset size and "
+            "the global batch; with max_steps unset, num_train_epochs counts rounds. Unset: noise_refresh_steps."
+        },
+    )
+    crop_min_scale: float = field(
+        default=1.0,
+        metadata={"help": "Training augmentation: RandomResizedCrop with area scale in [this, 1] (the authors: "
+                          "0.08); 1 = no crop."},
+    )
+    horizontal_flip_prob: float = field(
+        default=0.0, metadata={"help": "Training augmentation: probability of a horizontal flip (the authors: 0.5)."}
+    )
+    rand_augment_ops: int = field(
+        default=0, metadata={"help": "Training augmentation: RandAugment's number of operations (the authors: 2; "
+                                     "0 = off)."}
+    )
+    rand_augment_magnitude: float = field(
+        default=9.0, metadata={"help": "RandAugment's magnitude on timm's 0-10 scale (the authors: 9)."}
+    )
+    random_erasing_prob: float = field(
+        default=0.0, metadata={"help": "Training augmentation: probability of erasing a random box (the authors: "
+                                       "0.25)."}
+    )
+    mixup_prob: float = field(
+        default=0.0,
+        metadata={"help": "Probability that a training batch is mixed by mixup or cutmix, with soft targets in both "
+                          "terms of Eq. 6 (the authors: 1.0; 0 = off). label_smoothing_factor smooths the targets."},
+    )
+    mixup_switch_prob: float = field(
+        default=0.5, metadata={"help": "Share of the mixed batches that use cutmix instead of mixup (the authors: 0.5)."}
+    )
+
     def __post_init__(self) -> None:
         problems = []
         if self.noise_mode not in NOISE_MODES:
@@ -143,6 +179,17 @@ class NullspaceConfig(TrainingArguments):
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.noise_boundary_band < 1:
             problems.append(f"noise_boundary_band must be in [0, 1), got {self.noise_boundary_band!r}")
+        if self.train_ratio is not None and not 0 < self.train_ratio <= 1:
+            problems.append(f"train_ratio must be in (0, 1], got {self.train_ratio!r}")
+        if not 0 < self.crop_min_scale <= 1:
+            problems.append(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale!r}")
+        for name in ("horizontal_flip_prob", "random_erasing_prob", "mixup_prob", "mixup_switch_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+        if self.rand_augment_ops < 0:
+            problems.append(f"rand_augment_ops must be >= 0, got {self.rand_augment_ops!r}")
+        if not 0 < self.rand_augment_magnitude < 10:
+            problems.append(f"rand_augment_magnitude must be in (0, 10), got {self.rand_augment_magnitude!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             problems.append(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if problems:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +18,10 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
+from .augment import BatchAugmentation, augmentation_requested
 from .callbacks import EMACallback
 from .config import NullspaceConfig
+from .evaluation.pixels import PixelTransform
 from .hub import build_model_card, read_results
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
 
@@ -107,6 +110,39 @@ class NullspaceTrainer(Trainer):
         self.ema = EMACallback(args.ema_decay) if args.ema_decay is not None else None
         if self.ema is not None:
             self.add_callback(self.ema)
+        self.augmentation = self._build_augmentation(model, kwargs.get("processing_class"))
+        if args.train_ratio is not None:
+            self._set_round_length()
+
+    def _build_augmentation(self, model: nn.Module, processor: Any) -> BatchAugmentation | None:
+        """The training augmentation of the config (``None`` when all of it is off); it works in pixel space."""
+        if not augmentation_requested(self.args):
+            return None
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        if processor is None or not hasattr(processor, "image_mean"):
+            raise ValueError(
+                "The training augmentation (crop_min_scale, horizontal_flip_prob, rand_augment_ops, "
+                "random_erasing_prob, mixup_prob) works on pixels: pass the model's image processor as "
+                "`processing_class` so that NullspaceTrainer can undo and redo its normalisation."
+            )
+        if not num_labels:
+            raise ValueError("mixup/cutmix soft targets need `model.config.num_labels`.")
+        channels = getattr(model.config, "num_channels", 3)
+        return BatchAugmentation.from_config(self.args, PixelTransform.from_processor(processor, channels),
+                                             num_labels).to(self.args.device)
+
+    def _set_round_length(self) -> None:
+        """``train_ratio``: a round is one pass over that share of the training set (the authors' "epoch")."""
+        if self.train_dataset is None or not hasattr(self.train_dataset, "__len__"):
+            raise ValueError("train_ratio needs a train_dataset with a length (not an IterableDataset): set "
+                             "noise_refresh_steps instead.")
+        args = self.args
+        global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+        args.noise_refresh_steps = max(1, math.ceil(args.train_ratio * len(self.train_dataset) / global_batch))
+        if args.max_steps <= 0:
+            args.max_steps = math.ceil(args.num_train_epochs) * args.noise_refresh_steps
+        logger.info(f"train_ratio={args.train_ratio}: {args.noise_refresh_steps} steps per round, "
+                    f"{args.max_steps} steps in all.")
 
     # ---- Algorithm 1: one noise per round ----
 
@@ -128,7 +164,10 @@ class NullspaceTrainer(Trainer):
         sampler.pass_index = 0
         while True:
             for batch in self._synthesis_loader:
-                yield self._prepare_inputs(batch)
+                batch = self._prepare_inputs(batch)
+                if self.augmentation is not None:  # the authors' synthesis batches: augmented images, never mixed
+                    batch["pixel_values"] = self.augmentation.images(batch["pixel_values"])
+                yield batch
             sampler.pass_index += 1
 
     def _make_noise(self, round_index: int) -> NoiseResult:
@@ -189,6 +228,8 @@ class NullspaceTrainer(Trainer):
         the sum. DeepSpeed, whose backward also steps the optimizer, gets both terms in one backward.
         """
         self.refresh_noise()
+        if self.augmentation is not None:  # one augmented, mixed batch for both terms of Eq. 6
+            inputs = self.augmentation(self._prepare_inputs(inputs))
         sequential = (self._noisy_training() and self.args.noisy_forward == "separate"
                       and self.accelerator.distributed_type != DistributedType.DEEPSPEED)
         if not sequential:
@@ -210,6 +251,9 @@ class NullspaceTrainer(Trainer):
     # ---- Eq. 6: CE(clean) + w·CE(noisy) ----
 
     def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CE with integer labels (smoothed by ``label_smoothing_factor``) or with soft targets (already smoothed)."""
+        if labels.is_floating_point():
+            return F.cross_entropy(logits.float(), labels.float())
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
 
     def compute_loss(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
 from nullspace_hf.data import (
@@ -63,6 +63,12 @@ class ScriptArguments:
     eval_corruptions: str = field(default="all", metadata={"help": "Comma-separated corruptions, a group, or 'none'."})
     eval_severities: str = field(default="1,2,3,4,5", metadata={"help": "Comma-separated corruption severities."})
     eval_batch_size: int = field(default=128, metadata={"help": "Batch size of the robustness evaluation."})
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={"help": "Stochastic depth while fine-tuning (the authors: 0.25), for model families whose config "
+                          "has drop_path_rate (BEiT, Data2VecVision, Dinov2, Swin, ...); transformers' ViT and DeiT "
+                          "have none."},
+    )
 
 
 def _subsample(dataset, limit: float | None, seed: int):
@@ -101,16 +107,21 @@ def load_data(script_args: ScriptArguments, seed: int):
 
 def load_model(script_args: ScriptArguments, names: list[str]):
     """The checkpoint and its image processor; a new head when the dataset has other classes."""
+    overrides = {} if script_args.drop_path_rate is None else {"drop_path_rate": script_args.drop_path_rate}
     try:
+        config = AutoConfig.from_pretrained(script_args.model_name_or_path)
         processor = AutoImageProcessor.from_pretrained(script_args.model_name_or_path)
-        model = AutoModelForImageClassification.from_pretrained(script_args.model_name_or_path)
     except (OSError, ValueError) as error:
         raise ValueError(f"Could not load {script_args.model_name_or_path!r} with its image processor: {error}") \
             from error
+    if overrides and not hasattr(config, "drop_path_rate"):
+        raise ValueError(f"--drop_path_rate: {type(config).__name__} has no drop path in transformers (no "
+                         "drop_path_rate in its config); leave it unset for this model.")
+    model = AutoModelForImageClassification.from_pretrained(script_args.model_name_or_path, **overrides)
     if model.config.num_labels != len(names):
         model = AutoModelForImageClassification.from_pretrained(
             script_args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True)
+            label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True, **overrides)
     patch_embedding_nullspace(model)  # a clear error now for models without a patch embedding
     return model, processor
 

@@ -20,16 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from datasets import Dataset
-from transformers import (
-    HfArgumentParser,
-    Trainer,
-    TrainingArguments,
-    ViTConfig,
-    ViTForImageClassification,
-    ViTImageProcessor,
-    set_seed,
-)
+from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessor, set_seed
 
+from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.data import (
     ImageClassificationTransform,
     check_image_classification_columns,
@@ -58,9 +51,13 @@ class PretrainArguments:
 
 
 def pretrain(train: Dataset, evaluation: Dataset, names: list[str], pretrain_args: PretrainArguments,
-             training_args: TrainingArguments) -> dict:
+             training_args: NullspaceConfig) -> dict:
     """Train a new ViT of ``pretrain_args``' shape on ``train``, save it with its image processor in
-    ``training_args.output_dir``, and return its metrics on ``evaluation``."""
+    ``training_args.output_dir``, and return its metrics on ``evaluation``.
+
+    Training goes through :class:`~nullspace_hf.NullspaceTrainer` (``noise_mode="none"`` unless asked
+    otherwise), so the config's training augmentation (crop, flip, RandAugment, ...) applies.
+    """
     set_seed(training_args.seed)
     processor = ViTImageProcessor(size={"height": pretrain_args.image_size, "width": pretrain_args.image_size})
     transform = ImageClassificationTransform(processor, pretrain_args.image_column, pretrain_args.label_column)
@@ -70,7 +67,7 @@ def pretrain(train: Dataset, evaluation: Dataset, names: list[str], pretrain_arg
         num_attention_heads=pretrain_args.num_attention_heads, intermediate_size=pretrain_args.intermediate_size,
         num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
     )
-    trainer = Trainer(
+    trainer = NullspaceTrainer(
         model=ViTForImageClassification(config), args=training_args,
         train_dataset=train.with_transform(transform), eval_dataset=evaluation.with_transform(transform),
         data_collator=collate_image_classification, processing_class=processor,
@@ -83,7 +80,7 @@ def pretrain(train: Dataset, evaluation: Dataset, names: list[str], pretrain_arg
     return metrics
 
 
-def main(pretrain_args: PretrainArguments, training_args: TrainingArguments) -> dict:
+def main(pretrain_args: PretrainArguments, training_args: NullspaceConfig) -> dict:
     """Load the dataset of ``pretrain_args`` and :func:`pretrain` on it."""
     files = json.loads(pretrain_args.data_files) if (pretrain_args.data_files or "").startswith("{") \
         else pretrain_args.data_files
@@ -95,9 +92,9 @@ def main(pretrain_args: PretrainArguments, training_args: TrainingArguments) -> 
 
 
 def make_parser() -> HfArgumentParser:
-    """Parser over :class:`PretrainArguments` and ``TrainingArguments`` with this recipe's defaults."""
-    parser = HfArgumentParser((PretrainArguments, TrainingArguments))
-    parser.set_defaults(output_dir="recipes/checkpoints/vit-tiny-digits", num_train_epochs=40,
+    """Parser over :class:`PretrainArguments` and ``NullspaceConfig`` with this recipe's defaults (no noise)."""
+    parser = HfArgumentParser((PretrainArguments, NullspaceConfig))
+    parser.set_defaults(output_dir="recipes/checkpoints/vit-tiny-digits", noise_mode="none", num_train_epochs=40,
                         per_device_train_batch_size=64, learning_rate=2e-3, weight_decay=0.05, warmup_steps=50,
                         lr_scheduler_type="cosine", eval_strategy="no", save_strategy="no", logging_steps=50,
                         remove_unused_columns=False, report_to="none", seed=0)

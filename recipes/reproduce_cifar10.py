@@ -59,6 +59,16 @@ METHOD_LABELS = {"vanilla": "Vanilla fine-tuning", "random": "Random ε-noise",
                  "nullspace_fast": "Nullspace (package defaults: boundary search, warm start, ≤ 200 / ≤ 10 steps)",
                  "madry": "Madry (PGD)", "trades": "TRADES"}
 MAIN_EPS = 0.03
+PROTOCOLS = ("plain", "paper")
+NORMALIZATIONS = ("pretrained", "imagenet")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The authors' augmentation (Liu-Hy/easyrobust, examples/imageclassification/imagenet/dat/main.py), as NullspaceConfig
+# fields; kornia's versions of them (docs/trainer.md says where they differ from timm's).
+PAPER_AUGMENTATION = {"crop_min_scale": 0.08, "horizontal_flip_prob": 0.5, "rand_augment_ops": 2,
+                      "rand_augment_magnitude": 9.0, "random_erasing_prob": 0.25, "mixup_prob": 1.0,
+                      "mixup_switch_prob": 0.5, "label_smoothing_factor": 0.1}
+PAPER_SCHEDULE = {"learning_rate": 1e-5, "finetune_steps": 800,
+                  "methods": ",".join(m for m in METHODS if m not in ("madry", "trades"))}
 
 
 @dataclass
@@ -102,6 +112,17 @@ class ReproduceArguments:
     regularization_strengths: str = field(default="0,1,10,100", metadata={"help": "Fig. 3: λ values of Eq. 4."})
     analysis: bool = field(default=True, metadata={
         "help": "Measure and draw Fig. 3 and Fig. 5 on the pretrained model (false: the method tables and Fig. 4 only)."})
+    protocol: str = field(default="plain", metadata={
+        "help": "'plain': hard-label CE, no augmentation. 'paper': the authors' fine-tuning protocol transferred "
+                "(RandomResizedCrop 0.08-1, flip, RandAugment n=2 m=9, random erasing 0.25, mixup/cutmix with soft "
+                "targets in both CE terms, label smoothing 0.1; learning rate 1e-5, 800 steps and the noise methods unless given)."})
+    normalization: str = field(default="pretrained", metadata={
+        "help": "'pretrained': fine-tune and evaluate with the normalisation the model was pretrained with; "
+                "'imagenet': with ImageNet's mean/std instead (the mismatch of the paper's ViT-S/B rows)."})
+    pretrained_dir: str | None = field(default=None, metadata={
+        "help": "Fine-tune this pretrained model instead of pretraining one in <output_dir>/pretrained."})
+    pretrain_augment: bool = field(default=False, metadata={
+        "help": "Pretrain with RandomResizedCrop (area 0.35-1) and horizontal flips (a stronger pretrained model)."})
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -114,6 +135,18 @@ class ReproduceArguments:
             for name, value in quick.items():
                 if getattr(self, name) == defaults[name]:  # flags given with --quick win
                     setattr(self, name, value)
+        if self.protocol == "paper":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, value in PAPER_SCHEDULE.items():
+                if getattr(self, name) == defaults[name]:  # flags given with --protocol paper win
+                    setattr(self, name, value)
+        if self.protocol not in PROTOCOLS or self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"--protocol is one of {PROTOCOLS} and --normalization one of {NORMALIZATIONS}.")
+        if self.protocol == "paper" and {"madry", "trades"} & set(self.method_list):
+            raise ValueError("--protocol paper applies to the noise methods (vanilla, random, nullspace*): drop madry "
+                             "and trades from --methods.")
+        if self.pretrained_dir and not (Path(self.pretrained_dir) / "config.json").is_file():
+            raise ValueError(f"--pretrained_dir {self.pretrained_dir} holds no saved model (no config.json).")
         unknown = sorted(set(self.method_list) - set(METHODS))
         if unknown:
             raise ValueError(f"Unknown methods {unknown}: choose from {', '.join(METHODS)}.")
@@ -185,7 +218,9 @@ def load_splits(args: ReproduceArguments) -> tuple[Dataset, Dataset, list[str]]:
 
 
 def ensure_pretrained(args: ReproduceArguments, train: Dataset, test: Dataset, names: list[str]) -> Path:
-    """Stage 1: the pretrained ViT (reused when ``<output_dir>/pretrained`` holds one)."""
+    """Stage 1: the pretrained ViT (``--pretrained_dir``, or reused when ``<output_dir>/pretrained`` holds one)."""
+    if args.pretrained_dir:
+        return Path(args.pretrained_dir)
     directory = Path(args.output_dir) / "pretrained"
     if (directory / "model.safetensors").is_file():
         return directory
@@ -193,7 +228,9 @@ def ensure_pretrained(args: ReproduceArguments, train: Dataset, test: Dataset, n
                               patch_size=args.patch_size, hidden_size=args.hidden_size,
                               num_hidden_layers=args.num_hidden_layers, num_attention_heads=4,
                               intermediate_size=2 * args.hidden_size)
-    training = TrainingArguments(
+    augment = {"crop_min_scale": 0.35, "horizontal_flip_prob": 0.5} if args.pretrain_augment else {}
+    training = NullspaceConfig(
+        noise_mode="none", **augment,
         output_dir=str(directory), num_train_epochs=args.pretrain_epochs, per_device_train_batch_size=128,
         learning_rate=1e-3, weight_decay=0.05, warmup_steps=0 if args.quick else 200, lr_scheduler_type="cosine",
         eval_strategy="no", save_strategy="no", logging_steps=100, remove_unused_columns=False, report_to="none",
@@ -217,8 +254,17 @@ def _training_config(spec: RunSpec, args: ReproduceArguments, output_dir: Path) 
              "nullspace": {**fresh, "noise_init_limit": 3.0},
              "nullspace_a1": {**fresh, "noise_init_limit": 1.0},
              "nullspace_fast": {"noise_mode": "nullspace"}}
+    augmentation = PAPER_AUGMENTATION if args.protocol == "paper" else {}
     return NullspaceConfig(noise_eps=spec.eps, noise_refresh_steps=args.noise_refresh_steps, **noise[spec.method],
-                           **common)
+                           **augmentation, **common)
+
+
+def load_processor(pretrained: Path, args: ReproduceArguments) -> Any:
+    """The pretrained model's image processor, with ImageNet's mean/std under ``--normalization imagenet``."""
+    processor = AutoImageProcessor.from_pretrained(pretrained)
+    if args.normalization == "imagenet":
+        processor.image_mean, processor.image_std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return processor
 
 
 def _robustness(model: torch.nn.Module, processor: Any, test: Dataset, args: ReproduceArguments, *,
@@ -244,7 +290,7 @@ def finetune_and_evaluate(spec: RunSpec, args: ReproduceArguments, pretrained: P
     """Stages 2 and 3 for one run: fine-tune from the pretrained model, then evaluate on the test set."""
     run_dir = Path(args.output_dir) / "runs" / spec.name
     set_seed(spec.seed)
-    processor = AutoImageProcessor.from_pretrained(pretrained)
+    processor = load_processor(pretrained, args)
     model = ViTForImageClassification.from_pretrained(pretrained)
     transform = ImageClassificationTransform(processor, args.image_column, args.label_column)
     config = _training_config(spec, args, run_dir)
@@ -274,7 +320,7 @@ def _pixel_batches(processor: Any, dataset: Dataset, args: ReproduceArguments, s
 
 def analysis_inputs(args: ReproduceArguments, pretrained: Path, train: Dataset, test: Dataset):
     """The pretrained model, 8 training minibatches for the noise searches and held-out test batches."""
-    processor = AutoImageProcessor.from_pretrained(pretrained)
+    processor = load_processor(pretrained, args)
     model = ViTForImageClassification.from_pretrained(pretrained)
     synthesis = _pixel_batches(processor, train.shuffle(seed=0).select(range(min(len(train), 8 * args.batch_size))),
                                args, args.batch_size)
@@ -345,6 +391,49 @@ def aggregate(results: dict[str, dict[str, Any]], reference: dict[str, Any]) -> 
     return table
 
 
+def paired_differences(results: dict[str, dict[str, Any]], reference: dict[str, Any],
+                       baseline: str = "vanilla") -> dict[str, dict[str, Any]]:
+    """Effect sizes at ε = 0.03: per method, mean ± sd over seeds of (method − ``baseline`` of the same seed)
+    and of (method − the pretrained model), for every accuracy column."""
+    reference_row = run_metrics({"report": reference, "train_seconds": math.nan}, reference)
+    rows = {(r["method"], r["eps"], r["seed"]): run_metrics(r, reference) for r in results.values()}
+    effects: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for (method, eps, seed), row in rows.items():
+        if eps != MAIN_EPS:
+            continue
+        versus = effects.setdefault(method, {"pretrained": [], baseline: []})
+        versus["pretrained"].append({k: row[k] - reference_row[k] for k, _ in EFFECT_COLUMNS})
+        base = rows.get((baseline, MAIN_EPS, seed))
+        if base is not None and method != baseline:
+            versus[baseline].append({k: row[k] - base[k] for k, _ in EFFECT_COLUMNS})
+    return {method: {against: {"n": len(diffs), **{k: mean_std([d[k] for d in diffs]) for k, _ in EFFECT_COLUMNS}}
+                     for against, diffs in versus.items() if diffs}
+            for method, versus in effects.items()}
+
+
+def effect_table(effects: dict[str, dict[str, Any]], methods: list[str], baseline: str = "vanilla") -> str:
+    """Markdown: each method's change against the pretrained model and against ``baseline`` (same seeds)."""
+    header = "| Method | versus | " + " | ".join(label for _, label in EFFECT_COLUMNS) + " | seeds |"
+    lines = ["### Effect sizes (ε = 0.03; differences in points, mean ± sd over seeds, paired by seed)", "", header,
+             "|---" * (len(EFFECT_COLUMNS) + 3) + "|"]
+    for method in methods:
+        for against in ("pretrained", baseline):
+            row = effects.get(method, {}).get(against)
+            if row:
+                lines.append(f"| {METHOD_LABELS[method]} | {against} | "
+                             + " | ".join(_signed(row[k], row["n"]) for k, _ in EFFECT_COLUMNS) + f" | {row['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _signed(value: tuple[float, float], n: int) -> str:
+    mean, std = value
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:+.2f} ± {std:.2f}" if n > 1 else f"{mean:+.2f}"
+
+
+EFFECT_COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd", "PGD"), ("corruption", "Corruption acc."),
+                  ("rel_ce", "Rel. CE (↓)"))
 COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd", "PGD"), ("corruption", "Corruption acc."),
            ("rel_ce", "Rel. CE (↓)"), ("train_seconds", "Train time (s)"))
 
@@ -484,7 +573,7 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
     train, test, names = load_splits(args)
     pretrained = ensure_pretrained(args, train, test, names)
     test = test.select(range(min(args.eval_samples, len(test))))
-    processor = AutoImageProcessor.from_pretrained(pretrained)
+    processor = load_processor(pretrained, args)
 
     def reference_report() -> dict[str, Any]:
         return _robustness(ViTForImageClassification.from_pretrained(pretrained), processor, test, args,
@@ -505,7 +594,8 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
     reference_row = run_metrics({"report": reference, "train_seconds": math.nan}, reference)
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "results_tables.md").write_text(
-        markdown_tables(table, reference_row, args.method_list, args.eps_list), encoding="utf-8")
+        markdown_tables(table, reference_row, args.method_list, args.eps_list) + "\n"
+        + effect_table(paired_differences(results, reference), args.method_list), encoding="utf-8")
     if analysis:
         plot_fig3(analysis["fig3"], report_dir / "fig3_learned_vs_permuted.png")
         plot_fig5(analysis["fig5"], report_dir / "fig5_scaling_and_combination.png")
@@ -517,7 +607,7 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
     pretrain_metrics = json.loads((pretrained / "pretrain_metrics.json").read_text()) \
         if (pretrained / "pretrain_metrics.json").is_file() else {}
     summary = {"arguments": dataclasses.asdict(args), "pretrained": {"metrics": pretrain_metrics, **reference_row},
-               "table": table,
+               "table": table, "effects": paired_differences(results, reference),
                "runs": {name: run_metrics(result, reference) for name, result in results.items()},
                "analysis": analysis, "seconds_this_invocation": time.perf_counter() - started}
     _write_json(report_dir / "results.json", summary)

@@ -78,6 +78,43 @@ def test_shipped_configs_parse(recipe):
         assert training.noise_refresh_steps == 40 and training.noise_eps == 0.03, config.name
 
 
+@pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("paper_*.yaml")), ids=lambda p: p.name)
+def test_paper_configs_parse_and_build_a_trainer(recipe, tmp_path, config):
+    from transformers import ViTImageProcessor
+
+    from nullspace_hf import NullspaceTrainer
+
+    from .helpers import DictDataset, make_tiny_model
+
+    script, training = parse_with_config(recipe.make_parser(), ["--config", str(config), "--use_cpu", "true",
+                                                                "--output_dir", str(tmp_path / "out")])
+    assert script.dataset_name == "imagenet-1k" and training.learning_rate == pytest.approx(1e-5)
+    assert training.train_ratio == pytest.approx(0.004) and training.num_train_epochs == 20
+    assert (training.noise_init_limit, training.noise_warm_start, training.noise_max_steps) == (3.0, False, 3000)
+    # the Hub checkpoint and ImageNet replaced by a tiny ViT and 500 random images (train_ratio 0.004: 2 samples)
+    dataset = DictDataset(torch.randn(500, 3, 32, 32), torch.randint(0, 3, (500,)))
+    trainer = NullspaceTrainer(model=make_tiny_model(), args=training, train_dataset=dataset,
+                               processing_class=ViTImageProcessor(size={"height": 32, "width": 32}))
+    assert trainer.augmentation is not None
+    assert training.max_steps == 20 * training.noise_refresh_steps
+    if config.name == "paper_vit_b16.yaml":
+        assert (training.mixup_prob, training.label_smoothing_factor, training.random_erasing_prob) == (1.0, 0.1, 0.25)
+        assert trainer.augmentation.rand_augment is not None and training.dataloader_drop_last
+
+
+@pytest.mark.parametrize("family, accepted", [("vit", False), ("dinov2", True)])
+def test_drop_path_rate_is_set_where_the_family_has_one(recipe, tmp_path, family, accepted):
+    save_tiny_model(tmp_path / "model", family=family, num_labels=10)
+    script, _ = parse_with_config(recipe.make_parser(), ["--model_name_or_path", str(tmp_path / "model"),
+                                                         "--drop_path_rate", "0.25", "--output_dir", str(tmp_path)])
+    if not accepted:
+        with pytest.raises(ValueError, match="has no drop path"):
+            recipe.load_model(script, [str(i) for i in range(10)])
+        return
+    model, _ = recipe.load_model(script, [str(i) for i in range(10)])
+    assert model.config.drop_path_rate == 0.25
+
+
 @pytest.mark.parametrize(
     "change,message",
     [

@@ -114,8 +114,66 @@ def test_tables_aggregate_seeds_and_relative_ce(recipe):
     assert recipe.mean_std([1.0]) == (1.0, 0.0)
 
 
+def test_effects_are_differences_paired_by_seed(recipe):
+    reference = {"clean_accuracy": 50.0, "attacks": {"fgsm": {"accuracy": 20.0}}, "corruptions": {}}
+
+    def report(clean, fgsm):
+        return {"clean_accuracy": clean, "attacks": {"fgsm": {"accuracy": fgsm}}, "corruptions": {}}
+
+    vanilla = {0: (51.0, 21.0), 1: (53.0, 25.0)}
+    nullspace = {0: (52.0, 20.0), 1: (53.0, 28.0)}
+    results = {f"{method}{seed}": {"method": method, "eps": 0.03, "seed": seed, "train_seconds": 1.0,
+                                   "report": report(*values[seed])}
+               for method, values in (("vanilla", vanilla), ("nullspace", nullspace)) for seed in (0, 1)}
+    results["nullspace-other-eps"] = {**results["nullspace0"], "eps": 0.1, "report": report(99.0, 99.0)}
+    effects = recipe.paired_differences(results, reference)
+    versus_vanilla = effects["nullspace"]["vanilla"]
+    assert versus_vanilla["n"] == 2
+    assert versus_vanilla["clean"] == pytest.approx((0.5, math.sqrt(0.5)))  # differences +1, 0
+    assert versus_vanilla["fgsm"] == pytest.approx((1.0, math.sqrt(8.0)))  # differences -1, +3
+    assert effects["vanilla"]["pretrained"]["clean"] == pytest.approx((2.0, math.sqrt(2.0)))  # +1, +3
+    assert "vanilla" not in effects["vanilla"]
+    table = recipe.effect_table(effects, ["vanilla", "nullspace"])
+    assert "| +1.00 ± 2.83 |" in table and table.count("\n| ") == 4
+
+
+def test_paper_protocol_and_imagenet_normalization(recipe, parquet_data, tmp_path):
+    args = _args(recipe, parquet_data, tmp_path, "--protocol", "paper", "--normalization", "imagenet",
+                 "--finetune_steps", "6")
+    assert args.learning_rate == pytest.approx(1e-5) and args.finetune_steps == 6  # a given flag wins
+    config = recipe._training_config(recipe.RunSpec("vanilla", 0.03, 0), args, tmp_path / "run")
+    assert config.noise_mode == "none" and config.learning_rate == pytest.approx(1e-5)
+    for name, value in recipe.PAPER_AUGMENTATION.items():
+        assert getattr(config, name) == pytest.approx(value), name
+    plain = recipe._training_config(recipe.RunSpec("vanilla", 0.03, 0), _args(recipe, parquet_data, tmp_path),
+                                    tmp_path / "run")
+    assert plain.mixup_prob == 0 and plain.rand_augment_ops == 0 and plain.label_smoothing_factor == 0
+    from transformers import ViTImageProcessor
+
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(tmp_path / "model")
+    processor = recipe.load_processor(tmp_path / "model", args)
+    assert processor.image_mean == list(recipe.IMAGENET_MEAN) and processor.image_std == list(recipe.IMAGENET_STD)
+    assert list(recipe.load_processor(tmp_path / "model", _args(recipe, parquet_data, tmp_path)).image_mean) == [0.5] * 3
+
+
+@pytest.mark.slow
+def test_quick_paper_protocol_run_fine_tunes_under_the_mismatch(recipe, parquet_data, tmp_path):
+    output = tmp_path / "out"
+    summary = recipe.main(_args(recipe, parquet_data, output, "--protocol", "paper", "--normalization", "imagenet",
+                                "--pretrain_augment", "true", "--methods", "vanilla,nullspace_fast",
+                                "--ablation_eps", "none", "--analysis", "false", "--seeds", "0,1"))
+    assert set(summary["runs"]) == {f"{m}-eps0.03-seed{s}" for m in ("vanilla", "nullspace_fast") for s in (0, 1)}
+    saved = json.loads((output / "runs" / "vanilla-eps0.03-seed0" / "preprocessor_config.json").read_text())
+    assert saved["image_mean"] == list(recipe.IMAGENET_MEAN)  # fine-tuned and saved under the mismatch
+    assert summary["effects"]["nullspace_fast"]["vanilla"]["n"] == 2
+    assert "### Effect sizes" in (output / "report" / "results_tables.md").read_text()
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--methods", "vanilla,mixup"], "Unknown methods"),
+    (["--protocol", "paper", "--methods", "vanilla,madry"], "drop madry"),
+    (["--protocol", "authors"], "--protocol"),
+    (["--pretrained_dir", "/nonexistent/model"], "holds no saved model"),
     (["--train_file", "/nonexistent/train.parquet"], "does not exist"),
 ])
 def test_bad_arguments_are_one_clear_error(recipe, parquet_data, tmp_path, capsys, extra, message):
