@@ -12,13 +12,22 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 RESULTS_FILE = "results.json"
 CARD_TAGS = ["nullspace", "robustness", "vision-transformer", "image-classification"]
-HYPERPARAMETERS = (
-    "noise_mode", "noise_eps", "noise_lr", "noise_init_limit", "noise_max_steps", "noise_warm_lr", "noise_warm_max_steps",
-    "noise_boundary_band", "noise_refresh_steps", "noise_loss",
-    "noise_log_norm_weight", "noise_warm_start", "noise_warm_start_scale", "noise_reuse_batches", "noisy_loss_weight",
-    "noisy_forward", "ema_decay",
-    "learning_rate", "max_steps", "per_device_train_batch_size", "seed",
-)
+# The card lists every field NullspaceConfig adds to TrainingArguments, and these of TrainingArguments.
+TRAINING_HYPERPARAMETERS = ("learning_rate", "max_steps", "per_device_train_batch_size", "seed",
+                            "label_smoothing_factor")
+
+
+def hyperparameter_names() -> tuple[str, ...]:
+    """The settings a model card lists: the fields of ``NullspaceConfig`` not in ``TrainingArguments``, then
+    :data:`TRAINING_HYPERPARAMETERS`."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    from .config import NullspaceConfig
+
+    inherited = {f.name for f in fields(TrainingArguments)}
+    return tuple(f.name for f in fields(NullspaceConfig) if f.name not in inherited) + TRAINING_HYPERPARAMETERS
 PUSH_EXCLUDE = ("checkpoint-*/*", "corruption_cache/*")
 SUMMARY_METRICS = {"clean": "Clean accuracy", "fgsm": "FGSM accuracy", "corruption": "Mean corruption accuracy"}
 
@@ -110,7 +119,7 @@ def build_model_card(
         tags=CARD_TAGS, library_name="transformers", pipeline_tag="image-classification",
         eval_results=eval_results or None,
     )
-    hyperparameters = {key: getattr(args, key) for key in HYPERPARAMETERS if hasattr(args, key)}
+    hyperparameters = {key: getattr(args, key) for key in hyperparameter_names() if hasattr(args, key)}
     method = {"nullspace": "approximate nullspace augmented fine-tuning", "random": "random ε-noise fine-tuning "
               "(the paper's Table 4 baseline)", "none": "plain fine-tuning (the paper's vanilla baseline)"}
     return ModelCard.from_template(

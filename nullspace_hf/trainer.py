@@ -68,6 +68,11 @@ class NullspaceTrainer(Trainer):
     :func:`random_noise` for the Table 4 baseline) and added to the patch-embedding output of every
     training sample. ``noise_mode="none"`` is vanilla fine-tuning through the same code path.
 
+    The authors' training augmentation (crop, flip, RandAugment, random erasing, mixup/cutmix with soft
+    targets; :class:`~nullspace_hf.augment.BatchAugmentation`) is applied once per batch when the config
+    turns it on, and both terms of Eq. 6 see the same augmented batch and targets; it needs the image
+    processor as ``processing_class``.
+
     Each round's statistics go to the Trainer's logs (``noise/norm``, ``noise/steps`` (gradient steps),
     ``noise/forward_steps``, ``noise/start_mse_prob``, ``noise/mse_prob``, ``noise/reached``,
     ``noise/budget_hit``) and to :attr:`noise_history`; a round that uses up its gradient budget is

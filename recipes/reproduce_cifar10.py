@@ -562,12 +562,38 @@ def _cached(path: Path, compute) -> Any:
     return value
 
 
+# The arguments that shape a cached result: a later invocation must give the same ones for the same output_dir.
+RUN_SETTINGS = ("protocol", "normalization", "pretrained_dir", "pretrain_augment", "pretrain_epochs", "patch_size",
+                "hidden_size", "num_hidden_layers", "max_train_samples", "finetune_steps", "batch_size",
+                "learning_rate", "noise_refresh_steps", "noise_max_steps", "adversarial_epsilon", "adversarial_steps",
+                "eval_samples", "eval_severities", "train_file", "test_file")
+
+
+def check_settings(args: ReproduceArguments) -> None:
+    """Record the run-shaping arguments in ``<output_dir>/settings.json``, or refuse ones that differ from them.
+
+    Results are cached by run name (method, ε, seed) only, so reusing an output directory with another
+    protocol, normalisation or budget would silently mix results of different experiments.
+    """
+    path = Path(args.output_dir) / "settings.json"
+    current = {name: getattr(args, name) for name in RUN_SETTINGS}
+    if path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        changed = [f"--{k} {recorded[k]!r} (now {current[k]!r})" for k in RUN_SETTINGS
+                   if k in recorded and recorded[k] != current[k]]
+        if changed:
+            raise ValueError(f"{args.output_dir} holds results made with {', '.join(changed)}: pass those values "
+                             "to add to it, or another --output_dir for a new experiment.")
+    _write_json(path, current)
+
+
 def main(args: ReproduceArguments) -> dict[str, Any]:
     """Run every stage that has no result yet; write the report. Returns the aggregated results."""
     if PartialState().num_processes > 1:
         raise ValueError("reproduce_cifar10.py runs its many small jobs in one process: launch it without "
                          "--num_processes (the fine-tuning recipe itself scales to several processes).")
     started = time.perf_counter()
+    check_settings(args)
     output = Path(args.output_dir)
     report_dir = Path(args.report_dir) if args.report_dir else output / "report"
     train, test, names = load_splits(args)

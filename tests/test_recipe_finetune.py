@@ -15,6 +15,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from nullspace_hf.data import digits_dataset
+from nullspace_hf.hub import hyperparameter_names
 from nullspace_hf.parsing import parse_with_config
 
 from .helpers import save_tiny_model
@@ -70,6 +71,14 @@ def test_config_with_unknown_keys_is_refused(recipe, tmp_path):
     config.write_text(yaml.safe_dump({"noise_epsilon": 0.1}))
     with pytest.raises(ValueError, match="unknown arguments: noise_epsilon"):
         parse_with_config(recipe.make_parser(), ["--config", str(config)])
+
+
+def test_the_card_lists_every_setting_nullspace_config_adds():
+    names = hyperparameter_names()
+    for name in ("noise_mode", "noise_warm_lr", "ema_decay", "train_ratio", "mixup_prob", "rand_augment_ops",
+                 "label_smoothing_factor", "learning_rate"):
+        assert name in names
+    assert "output_dir" not in names and "hub_token" not in names and len(set(names)) == len(names)
 
 
 def test_shipped_configs_parse(recipe):
@@ -167,7 +176,7 @@ def test_push_to_loopback_hub_and_pull_back(small_data, tmp_path):
         assert "ViTForImageClassification.from_pretrained(\"user/tiny-ns\")" in card.text
         history = json.loads((output / "noise_history.json").read_text())["rounds"]
         assert "| round | step | start mse_prob | final mse_prob | gradient steps | forward-only passes |" in card.text
-        for setting in ("noise_max_steps", "noise_warm_lr", "noise_warm_max_steps", "noise_boundary_band"):
+        for setting in hyperparameter_names():  # every NullspaceConfig setting, and the TrainingArguments ones
             assert f"| `{setting}` |" in card.text, setting
         for record in history:  # every round's row, with the numbers of noise_history.json
             row = (f"| {record['round']} | {record['step']} | {record['start_mse_prob']:.3g} | "
