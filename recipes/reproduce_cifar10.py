@@ -577,6 +577,8 @@ def check_settings(args: ReproduceArguments) -> None:
     """
     path = Path(args.output_dir) / "settings.json"
     current = {name: getattr(args, name) for name in RUN_SETTINGS}
+    for name in ("pretrained_dir", "train_file", "test_file"):  # the same file, whichever folder it is named from
+        current[name] = str(Path(current[name]).resolve()) if current[name] else None
     if path.is_file():
         recorded = json.loads(path.read_text(encoding="utf-8"))
         changed = [f"--{k} {recorded[k]!r} (now {current[k]!r})" for k in RUN_SETTINGS

@@ -156,13 +156,15 @@ def test_paper_protocol_and_imagenet_normalization(recipe, parquet_data, tmp_pat
     assert list(recipe.load_processor(tmp_path / "model", _args(recipe, parquet_data, tmp_path)).image_mean) == [0.5] * 3
 
 
-def test_an_output_dir_refuses_results_of_another_experiment(recipe, parquet_data, tmp_path):
+def test_an_output_dir_refuses_results_of_another_experiment(recipe, parquet_data, tmp_path, monkeypatch):
     recipe.check_settings(_args(recipe, parquet_data, tmp_path))
     recipe.check_settings(_args(recipe, parquet_data, tmp_path, "--seeds", "0,1"))  # more seeds: same experiment
     with pytest.raises(ValueError, match="--protocol 'plain' \\(now 'paper'\\)"):
         recipe.check_settings(_args(recipe, parquet_data, tmp_path, "--protocol", "paper"))
     with pytest.raises(ValueError, match="--normalization"):
         recipe.check_settings(_args(recipe, parquet_data, tmp_path, "--normalization", "imagenet"))
+    monkeypatch.chdir(parquet_data)  # the same data named from another folder is the same experiment
+    recipe.check_settings(_args(recipe, Path("."), tmp_path))
 
 
 @pytest.mark.slow
