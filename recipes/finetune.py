@@ -86,8 +86,8 @@ def _names(text: str) -> list[str] | None:
 
 def load_data(script_args: ScriptArguments, seed: int):
     """Load and check the train and evaluation splits; return them with the class names."""
-    files = script_args.data_files
-    if files and files.lstrip().startswith("{"):
+    files = script_args.data_files  # a path, a JSON mapping on the command line, or a mapping from a --config YAML
+    if isinstance(files, str) and files.lstrip().startswith("{"):
         files = json.loads(files)
     data = load_image_dataset(script_args.dataset_name, script_args.dataset_config, files, script_args.train_dir)
     for split in (script_args.train_split, script_args.eval_split):
@@ -158,8 +158,10 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # the finished output_dir is pushed at the end, once complete
     training_args.remove_unused_columns = False  # the transform needs the image column
-    dataset_name = script_args.dataset_name or ("digits" if not (script_args.data_files or script_args.train_dir)
-                                                else Path(str(script_args.data_files or script_args.train_dir)).stem)
+    source = script_args.data_files or script_args.train_dir
+    if isinstance(source, dict):
+        source = next(iter(source.values()))
+    dataset_name = script_args.dataset_name or ("digits" if not source else Path(str(source)).stem)
     trainer = NullspaceTrainer(
         model=model, args=training_args, train_dataset=train.with_transform(transform),
         data_collator=collate_image_classification, processing_class=processor,

@@ -344,4 +344,5 @@ def test_bad_inputs_are_clear_errors(model, image, watermark, strength, message)
 def test_psnr_is_infinite_for_an_unchanged_image(model):
     image = torch.rand(3, SIZE, SIZE)
     result = embed_watermark(model, image, image)
-    assert math.isinf(result.psnr) and result.max_logit_change == 0.0
+    # the image is identical (PSNR exactly inf); the two forward passes may differ by float rounding (~1e-7)
+    assert math.isinf(result.psnr) and result.max_logit_change < 1e-5

@@ -66,6 +66,16 @@ def test_config_file_sets_values_and_flags_win(recipe, tmp_path):
     assert training.max_steps == 7 and script.image_column == "img" and training.output_dir == "a"
 
 
+def test_config_data_files_mapping_loads_both_splits(recipe, small_data, tmp_path):
+    """recipes/configs/cifar10.yaml's layout: `data_files:` as a YAML mapping of split to file."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data_files": {"train": str(small_data / "train.parquet"),
+                                                     "test": str(small_data / "test.parquet")}}))
+    script, _ = parse_with_config(recipe.make_parser(), ["--config", str(config), "--output_dir", str(tmp_path)])
+    train, evaluation, names = recipe.load_data(script, seed=0)
+    assert (len(train), len(evaluation), len(names)) == (200, 40, 10)
+
+
 def test_config_with_unknown_keys_is_refused(recipe, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"noise_epsilon": 0.1}))
@@ -150,7 +160,7 @@ def test_bad_data_is_one_clear_error_before_training(recipe, small_data, tmp_pat
 
 def _run_recipe(args: list[str], endpoint: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "test-token",
-           "HF_HOME": str(cwd / "hf_home")}
+           "HF_HOME": str(cwd / "hf_home"), "HF_HUB_OFFLINE": "0"}  # the loopback Hub is online, whatever the user set
     return subprocess.run([sys.executable, str(RECIPE), *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=600)
 
@@ -195,7 +205,7 @@ def test_push_to_loopback_hub_and_pull_back(small_data, tmp_path):
             "assert 'nullspace_hf' not in sys.modules\n"
         )
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1",
-               "HF_HOME": str(tmp_path / "hf_home_pull")}
+               "HF_HOME": str(tmp_path / "hf_home_pull"), "HF_HUB_OFFLINE": "0"}
         pulled = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
         assert pulled.returncode == 0, pulled.stderr[-3000:]
     from transformers import ViTForImageClassification
