@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adversarial import InputBox
 from .evaluation.pixels import PixelTransform
 
 
@@ -63,10 +64,11 @@ class BatchAugmentation(nn.Module):
 
         self.num_labels, self.mixup_prob, self.mixup_switch_prob = num_labels, mixup_prob, mixup_switch_prob
         self.label_smoothing = label_smoothing
-        scale, offset = (t.float().view(1, -1, 1, 1) for t in pixel_transform.affine())
-        self.register_buffer("scale", scale, persistent=False)
-        self.register_buffer("offset", offset, persistent=False)
+        box = InputBox.from_transform(pixel_transform)  # model input = pixels · unit + lower
+        self.register_buffer("scale", box.unit, persistent=False)
+        self.register_buffer("offset", box.lower, persistent=False)
         self.crop_min_scale = crop_min_scale
+        self.crop: tuple[tuple[int, int], nn.Module] | None = None  # (image size, its crop), built on first use
         self.flip = K.RandomHorizontalFlip(p=horizontal_flip_prob) if horizontal_flip_prob > 0 else None
         self.rand_augment = RandAugment(n=rand_augment_ops, m=round(3 * rand_augment_magnitude)) \
             if rand_augment_ops > 0 else None
@@ -87,17 +89,22 @@ class BatchAugmentation(nn.Module):
 
     def images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The per-image part (crop, flip, RandAugment, random erasing) on normalised model inputs."""
-        import kornia.augmentation as K
-
         dtype = pixel_values.dtype
         pixels = ((pixel_values.float() - self.offset) / self.scale).clamp(0, 1)
         if self.crop_min_scale < 1:
-            pixels = K.RandomResizedCrop(tuple(pixels.shape[-2:]), scale=(self.crop_min_scale, 1.0),
-                                         resample="BICUBIC")(pixels).clamp(0, 1)
+            pixels = self._crop_for(tuple(pixels.shape[-2:]))(pixels).clamp(0, 1)
         for part in (self.flip, self.rand_augment, self.erase):
             if part is not None:
                 pixels = part(pixels)
         return (pixels.clamp(0, 1) * self.scale + self.offset).to(dtype)
+
+    def _crop_for(self, size: tuple[int, int]) -> nn.Module:
+        """RandomResizedCrop back to ``size`` (built once per image size)."""
+        import kornia.augmentation as K
+
+        if self.crop is None or self.crop[0] != size:
+            self.crop = (size, K.RandomResizedCrop(size, scale=(self.crop_min_scale, 1.0), resample="BICUBIC"))
+        return self.crop[1]
 
     def mix(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixup or cutmix of a batch with its soft targets ``(1 − w)·t(y_i) + w·t(y_j)``, ``w`` the share of image j.

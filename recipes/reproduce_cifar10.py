@@ -131,15 +131,9 @@ class ReproduceArguments:
                      "eval_samples": 32, "eval_severities": "1", "round_eval_samples": 16, "analysis_noises": 2,
                      "analysis_pairs": 1, "analysis_samples": 16, "analysis_steps": 5,
                      "regularization_strengths": "0,1", "ablation_eps": "0.1"}
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            for name, value in quick.items():
-                if getattr(self, name) == defaults[name]:  # flags given with --quick win
-                    setattr(self, name, value)
+            self._set_unless_given(quick)
         if self.protocol == "paper":
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            for name, value in PAPER_SCHEDULE.items():
-                if getattr(self, name) == defaults[name]:  # flags given with --protocol paper win
-                    setattr(self, name, value)
+            self._set_unless_given(PAPER_SCHEDULE)
         if self.protocol not in PROTOCOLS or self.normalization not in NORMALIZATIONS:
             raise ValueError(f"--protocol is one of {PROTOCOLS} and --normalization one of {NORMALIZATIONS}.")
         if self.protocol == "paper" and {"madry", "trades"} & set(self.method_list):
@@ -154,6 +148,14 @@ class ReproduceArguments:
             if not Path(getattr(self, name)).exists():
                 raise ValueError(f"--{name} {getattr(self, name)} does not exist: pass a parquet file or an "
                                  "imagefolder directory.")
+
+    def _set_unless_given(self, values: dict[str, Any]) -> None:
+        """Set each of ``values`` whose argument still has its default: flags given beside --quick or
+        --protocol paper win."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            if getattr(self, name) == defaults[name]:
+                setattr(self, name, value)
 
     @property
     def method_list(self) -> list[str]:
@@ -619,11 +621,12 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
         if args.analysis else {}
 
     table = aggregate(results, reference)
+    effects = paired_differences(results, reference)
     reference_row = run_metrics({"report": reference, "train_seconds": math.nan}, reference)
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "results_tables.md").write_text(
         markdown_tables(table, reference_row, args.method_list, args.eps_list) + "\n"
-        + effect_table(paired_differences(results, reference), args.method_list), encoding="utf-8")
+        + effect_table(effects, args.method_list), encoding="utf-8")
     if analysis:
         plot_fig3(analysis["fig3"], report_dir / "fig3_learned_vs_permuted.png")
         plot_fig5(analysis["fig5"], report_dir / "fig5_scaling_and_combination.png")
@@ -635,7 +638,7 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
     pretrain_metrics = json.loads((pretrained / "pretrain_metrics.json").read_text()) \
         if (pretrained / "pretrain_metrics.json").is_file() else {}
     summary = {"arguments": dataclasses.asdict(args), "pretrained": {"metrics": pretrain_metrics, **reference_row},
-               "table": table, "effects": paired_differences(results, reference),
+               "table": table, "effects": effects,
                "runs": {name: run_metrics(result, reference) for name, result in results.items()},
                "analysis": analysis, "seconds_this_invocation": time.perf_counter() - started}
     _write_json(report_dir / "results.json", summary)
