@@ -12,7 +12,7 @@ Every round's start and final mse_prob, gradient and forward-only synthesis step
 printed and written to ``--json``.
 
 The models are small ViT-family classifiers trained briefly from scratch on scikit-learn's digits
-(cached under ``--cache_dir``), the shipped ``recipes/checkpoints/vit-tiny-digits``, and the CIFAR-10
+(cached under ``--cache_dir``), the shipped ``nullspace_hf/scripts/embedded/vit-tiny-digits``, and the CIFAR-10
 ViT of ``recipes/reproduce_cifar10.py`` when ``--cifar_model`` exists.
 """
 
@@ -57,7 +57,7 @@ class Setup:
 
 SETUPS = (
     Setup("cifar10-vit", "the reproduction's CIFAR-10 ViT (patch 8, width 128, 6 layers; 16 patches)", data="cifar10"),
-    Setup("digits-tiny", "shipped recipes/checkpoints/vit-tiny-digits (patch 8, width 64; 16 patches)",
+    Setup("digits-tiny", "shipped nullspace_hf/scripts/embedded/vit-tiny-digits (patch 8, width 64; 16 patches)",
           checkpoint=str(DIGITS_MODEL)),
     Setup("digits-patch4", "ViT, 4 layers, patch 4, width 64, 32x32 digits (64 patches)",
           config=dict(patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)),

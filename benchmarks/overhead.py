@@ -35,7 +35,7 @@ from nullspace_hf.noise import NoiseInjector, exploration_loss, probability_dist
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
-DIGITS_MODEL = ROOT / "recipes" / "checkpoints" / "vit-tiny-digits"
+DIGITS_MODEL = ROOT / "nullspace_hf" / "scripts" / "embedded" / "vit-tiny-digits"
 
 
 class TensorRows(torch.utils.data.Dataset):

@@ -98,10 +98,20 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_inspect)
 
 
+def _add_finetune(subparsers: argparse._SubParsersAction) -> None:
+    """``nullspace-hf finetune``: listed here, parsed by the job's own ``HfArgumentParser`` (see :func:`main`)."""
+    subparsers.add_parser(
+        "finetune", add_help=False,
+        help="The main job: fine-tune with nullspace noise, evaluate before and after, write and push the model "
+             "(no flag: the embedded default; `nullspace-hf finetune --help` lists the flags).",
+    )
+
+
 def make_parser() -> argparse.ArgumentParser:
     """Build the ``nullspace-hf`` parser with one sub-command per door."""
     parser = argparse.ArgumentParser(prog="nullspace-hf", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_finetune(subparsers)
     _add_inspect(subparsers)
     add_evaluate_parser(subparsers)
     add_watermark_parser(subparsers)
@@ -109,7 +119,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``nullspace-hf`` console script; user errors print one line and exit 2."""
+    """Entry point of the ``nullspace-hf`` console script; user errors print one line and exit 2.
+
+    ``finetune`` hands every later argument to the job (``nullspace_hf.scripts.finetune``), whose
+    ``HfArgumentParser`` knows the ``TrainingArguments`` flags.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["finetune"]:
+        from .scripts.finetune import cli as finetune
+
+        return finetune(argv[1:])
     args = make_parser().parse_args(argv)
     try:
         args.func(args)

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 NOISE_MODES = ("nullspace", "random", "none")
 NOISE_LOSSES = ("squared_l2", "l2")
 NOISY_FORWARDS = ("separate", "concat")
+
+
+def launched_without_accelerator() -> bool:
+    """True for one of several processes started together (torchrun, ``accelerate launch --multi_gpu``) on a
+    machine without GPU or other accelerator.
+
+    accelerate treats such processes as distributed only when told they run on the CPU; without it each
+    one would run the whole job alone.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 @dataclass
@@ -161,9 +176,39 @@ class NullspaceConfig(TrainingArguments):
     mixup_switch_prob: float = field(
         default=0.5, metadata={"help": "Share of the mixed batches that use cutmix instead of mixup (the authors: 0.5)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an output_dir that holds an earlier run (its checkpoints, model, results), "
+                          "replacing it. Without it such an output_dir is refused unless resume_from_checkpoint is set."},
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickled state (``training_args.bin``) without secrets: every ``*_token`` field is left out.
+
+        ``Trainer`` saves its arguments with ``torch.save`` into every checkpoint and the final model,
+        which ``push_to_hub`` uploads; transformers pickles ``hub_token`` in clear. The loaded copy has
+        ``hub_token=None`` (the Hub login or ``HF_TOKEN`` still applies).
+        """
+        return {key: None if key.endswith("_token") else value for key, value in self.__dict__.items()}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NullspaceConfig:
+        """A deep copy in memory keeps the token (only pickles leave it out)."""
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
 
     def __post_init__(self) -> None:
         problems = []
+        inherited = {f.name for f in fields(TrainingArguments)}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if (f.name not in inherited or f.name == "learning_rate") and isinstance(value, float) \
+                    and not math.isfinite(value):
+                problems.append(f"{f.name} must be a finite number, got {value!r}")
+        if self.max_steps == 0:
+            problems.append("max_steps=0 trains nothing: give a number of optimizer steps, or -1 to train for "
+                            "num_train_epochs")
         if self.noise_mode not in NOISE_MODES:
             problems.append(f"noise_mode={self.noise_mode!r} is not one of {', '.join(NOISE_MODES)}")
         if self.noise_loss not in NOISE_LOSSES:
@@ -194,4 +239,6 @@ class NullspaceConfig(TrainingArguments):
             problems.append(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if problems:
             raise ValueError("Invalid NullspaceConfig: " + "; ".join(problems) + ".")
+        if not self.use_cpu and launched_without_accelerator():
+            self.use_cpu = True  # a real multi-process CPU run instead of the whole job once per process
         super().__post_init__()

@@ -107,13 +107,72 @@ def check_image_classification_columns(dataset: Dataset, image_column: str, labe
         )
     label_feature = dataset.features[label_column]
     if isinstance(label_feature, ClassLabel):
-        return list(label_feature.names)
-    if isinstance(label_feature, Value) and label_feature.dtype.startswith("int"):
-        return [str(i) for i in range(int(max(dataset[label_column])) + 1)]
-    raise ValueError(
-        f"Column {label_column!r} holds {label_feature}, not class indices: pass --label_column with an integer "
-        "or ClassLabel column."
-    )
+        names = list(label_feature.names)
+    elif isinstance(label_feature, Value) and label_feature.dtype.startswith("int"):
+        names = [str(i) for i in range(int(max(dataset[label_column], default=-1)) + 1)]
+    else:
+        raise ValueError(
+            f"Column {label_column!r} holds {label_feature}, not class indices: pass --label_column with an integer "
+            "or ClassLabel column."
+        )
+    check_label_range(dataset, len(names), label_column)
+    return names
+
+
+LABEL_COLUMNS = ("labels", "label", "label_ids")
+
+
+def check_label_range(dataset: Dataset, num_classes: int, label_column: str | None = None) -> None:
+    """Check that every label of ``dataset`` is a class index in ``0 .. num_classes - 1``.
+
+    The column is ``label_column``, else the first of :data:`LABEL_COLUMNS` the dataset has (none: nothing
+    to check). Values are read from the stored column, without the dataset's transform.
+
+    Raises:
+        ValueError: naming the first row with a label out of range and how to fix it.
+    """
+    column = label_column or next((name for name in LABEL_COLUMNS if name in dataset.column_names), None)
+    if column is None:
+        return
+    values = np.asarray(dataset.with_format(None)[column])
+    if values.size == 0 or not np.issubdtype(values.dtype, np.integer):
+        return
+    bad = np.flatnonzero((values < 0) | (values >= num_classes))
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(
+            f"Column {column!r} has {bad.size} labels outside 0..{num_classes - 1} (row {row}: {values[row]}"
+            + ("; -1 marks an unlabelled sample" if values[row] == -1 else "")
+            + "): drop those rows (dataset.filter) or give a model with as many classes."
+        )
+
+
+def _image_name(value: dict, row: int) -> str:
+    return repr(value["path"]) if value.get("path") else f"row {row}"
+
+
+def check_images(dataset: Dataset, image_column: str) -> None:
+    """Check that every image of ``dataset`` opens (its header is read; the pixels are decoded later, lazily).
+
+    Raises:
+        ValueError: naming the files (or rows) that are not images.
+    """
+    import io
+
+    import PIL.Image
+
+    raw = dataset.cast_column(image_column, Image(decode=False)).with_format(None)
+    bad = []
+    for row, value in enumerate(raw[image_column]):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+        try:
+            with PIL.Image.open(source):
+                pass
+        except (OSError, ValueError, TypeError):
+            bad.append(_image_name(value, row))
+    if bad:
+        raise ValueError(f"{len(bad)} images of column {image_column!r} cannot be read: {', '.join(bad[:5])}"
+                         + (", ..." if len(bad) > 5 else "") + ". Remove or replace them.")
 
 
 class ImageClassificationTransform:
@@ -132,9 +191,24 @@ class ImageClassificationTransform:
         self.mode = "RGB" if num_channels == 3 else "L"
 
     def __call__(self, batch: dict) -> dict:
-        images = [image.convert(self.mode) for image in batch[self.image_column]]
+        if self.image_column not in batch:
+            raise ValueError(f"The batch has no image column {self.image_column!r} (it has {sorted(batch)}); with a "
+                             "Trainer, set remove_unused_columns=False so that it keeps the image column.")
+        images = [self._decode(image).convert(self.mode) for image in batch[self.image_column]]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixel_values, "labels": batch[self.label_column]}
+
+    @staticmethod
+    def _decode(image):
+        """A ``PIL`` image, decoded here when the column was cast to ``Image(decode=False)``, naming a bad file."""
+        if not isinstance(image, dict):
+            return image
+        try:
+            decoded = Image().decode_example(image)
+            decoded.load()
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Image {image.get('path') or '(in-memory bytes)'} cannot be decoded: {error}") from error
+        return decoded
 
 
 def collate_image_classification(rows: list[dict]) -> dict:

@@ -141,9 +141,18 @@ class HubPushError(RuntimeError):
     """The Hub could not be reached or refused a push; the local output is complete."""
 
 
-def retry_command(output_dir: str, repo_id: str) -> str:
-    """The command that pushes an already written ``output_dir`` again."""
-    return f"hf upload {repo_id} {output_dir} . --exclude " + " ".join(f"'{p}'" for p in PUSH_EXCLUDE)
+def retry_command(output_dir: str, repo_id: str, *, private: bool | None = None, revision: str | None = None) -> str:
+    """The ``hf upload`` command that pushes an already written ``output_dir`` as :func:`push_output_dir` does."""
+    import shlex
+
+    words = ["hf", "upload", repo_id, output_dir, "."]
+    for pattern in PUSH_EXCLUDE:
+        words += ["--exclude", pattern]
+    if revision:
+        words += ["--revision", revision]
+    if private:
+        words.append("--private")
+    return shlex.join(words)
 
 
 def push_output_dir(output_dir: str, repo_id: str, *, token: str | None = None, private: bool | None = None,
@@ -167,6 +176,7 @@ def push_output_dir(output_dir: str, repo_id: str, *, token: str | None = None, 
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise HubPushError(
             f"Could not push {output_dir} to the Hub repository {repo_id!r} ({type(error).__name__}: {reason}). "
-            f"Everything is saved in {output_dir}; retry with: {retry_command(output_dir, repo_id)}"
+            f"Everything is saved in {output_dir}; retry with: "
+            f"{retry_command(output_dir, repo_id, private=private, revision=revision)}"
         ) from error
     return str(commit.commit_url if hasattr(commit, "commit_url") else commit)

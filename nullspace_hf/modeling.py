@@ -55,6 +55,20 @@ def patch_projection(model: nn.Module) -> nn.Conv2d:
     )
 
 
+def check_model_source(name_or_path: str) -> None:
+    """Check, without loading anything, that ``name_or_path`` can name a model: an existing directory with a
+    ``config.json``, or something shaped like a Hub id (``name`` or ``user/name``).
+
+    Raises:
+        ValueError: a path that does not exist, or a directory that holds no saved model.
+    """
+    looks_like_path = name_or_path.startswith((os.sep, ".", "~")) or name_or_path.count("/") > 1
+    if looks_like_path and not os.path.exists(name_or_path):
+        raise ValueError(f"{name_or_path!r} does not exist: give a model directory or a Hub id such as 'user/name'.")
+    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        raise ValueError(f"{name_or_path!r} is a directory without a config.json: it holds no saved model.")
+
+
 def load_model(name_or_path: str, *, for_classification: bool = False) -> PreTrainedModel:
     """Load a model from a local directory or a Hub id, with one clear error when that fails.
 
@@ -66,11 +80,7 @@ def load_model(name_or_path: str, *, for_classification: bool = False) -> PreTra
     Raises:
         ValueError: the path or id holds no loadable model.
     """
-    looks_like_path = name_or_path.startswith((os.sep, ".", "~")) or name_or_path.count("/") > 1
-    if looks_like_path and not os.path.exists(name_or_path):
-        raise ValueError(f"{name_or_path!r} does not exist: give a model directory or a Hub id such as 'user/name'.")
-    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
-        raise ValueError(f"{name_or_path!r} is a directory without a config.json: it holds no saved model.")
+    check_model_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path)
         auto = AutoModelForImageClassification if for_classification else AutoModel

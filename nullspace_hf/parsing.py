@@ -11,17 +11,25 @@ from transformers import HfArgumentParser
 
 
 def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[Any, ...]:
-    """Parse ``argv`` into the parser's dataclasses; ``--config x.yaml`` supplies defaults.
+    """Parse ``argv`` into the parser's dataclasses; ``--config x.yaml`` (or ``.json``) supplies defaults.
 
-    Values come, from weakest to strongest, from the dataclass defaults, the YAML file and the
-    command-line flags, so a flag always wins over the file (as in TRL's scripts).
+    Values come, from weakest to strongest, from the dataclass defaults, the file and the command-line
+    flags, so a flag always wins over the file (as in TRL's scripts). A single argument naming a
+    ``.json`` or ``.yaml`` file is read as the config, as transformers' example scripts read a JSON file.
+    ``--config`` is listed in ``--help``.
 
     Raises:
-        ValueError: the YAML file is missing, is not a mapping, or names unknown arguments.
+        ValueError: the file is missing, is not a mapping, or names unknown arguments.
     """
+    argv = list(argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = ["--config", argv[0]]
+    if not any(action.dest == "config" for action in parser._actions):
+        parser.add_argument("--config", metavar="FILE",
+                            help="YAML or JSON file of argument values; flags given beside it override them.")
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
-    known, rest = pre.parse_known_args(list(argv))
+    known, rest = pre.parse_known_args(argv)
     if known.config:
         try:
             with open(known.config, encoding="utf-8") as handle:
@@ -30,9 +38,9 @@ def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[An
             raise ValueError(f"Could not read --config {known.config!r}: {error}") from error
         if not isinstance(values, dict):
             raise ValueError(f"--config {known.config!r} must hold a mapping of argument names to values.")
-        accepted = {action.dest for action in parser._actions}
+        accepted = {action.dest for action in parser._actions} - {"config"}
         unknown = sorted(set(values) - accepted)
         if unknown:
             raise ValueError(f"--config {known.config!r} has unknown arguments: {', '.join(unknown)}.")
         parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(rest)
+    return tuple(parser.parse_args_into_dataclasses(rest))[: len(parser.dataclass_types)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -12,7 +11,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate.utils import DistributedType
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedModel, Trainer
@@ -20,14 +18,18 @@ from transformers.utils import logging
 
 from .augment import BatchAugmentation, augmentation_requested
 from .callbacks import EMACallback
+from .checkpoint import EMA_FILE, HISTORY_FILE, NOISE_FILE, NoiseState, load_noise_state, resolve_checkpoint, \
+    save_noise_state
+from .checks import NonFiniteError, check_finite_weights, check_output_dir, check_writable
 from .config import NullspaceConfig
+from .data import check_label_range
 from .evaluation.pixels import PixelTransform
 from .hub import build_model_card, read_results
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
 
-NOISE_FILE = "nullspace_noise.safetensors"
-HISTORY_FILE = "noise_history.json"
-EMA_FILE = "ema.safetensors"
+__all__ = ["EMA_FILE", "HISTORY_FILE", "NOISE_FILE", "NullspaceTrainer"]
+DIVERGED = ("training diverged and this model is not saved; lower learning_rate, or resume from an earlier "
+            "checkpoint.")
 
 logger = logging.get_logger(__name__)
 
@@ -106,6 +108,7 @@ class NullspaceTrainer(Trainer):
         if model is None or not isinstance(model, nn.Module):
             raise ValueError("NullspaceTrainer needs `model`: a ViT-family model instance (e.g. from_pretrained).")
         self.injector = NoiseInjector(model) if args.noise_mode != "none" else None
+        check_writable(args.output_dir, "output_dir")
         super().__init__(model=model, args=args, **kwargs)
         self.noise: torch.Tensor | None = None
         self.noise_history: list[dict[str, Any]] = []
@@ -149,16 +152,62 @@ class NullspaceTrainer(Trainer):
         logger.info(f"train_ratio={args.train_ratio}: {args.noise_refresh_steps} steps per round, "
                     f"{args.max_steps} steps in all.")
 
+    def _dataset_and_collator(self, description: str) -> tuple[Any, Any]:
+        """The training set and collator as the training loader sees them (unused columns removed)."""
+        dataset, collator = self.train_dataset, self.data_collator
+        if hasattr(dataset, "column_names"):
+            return self._remove_unused_columns(dataset, description=description), collator
+        return dataset, self._get_collator_with_removed_columns(collator, description=description)
+
+    # ---- checks before any work ----
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> Any:
+        """``Trainer.train`` after checking, before any work, the checkpoint to resume from, the output
+        directory (no earlier run is overwritten without ``overwrite_output_dir``) and one training batch."""
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir, self.args.noise_mode,
+                                        with_ema=self.ema is not None)
+        check_output_dir(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
+                         resuming=checkpoint is not None)
+        self._check_train_data()
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+
+    def _check_train_data(self) -> None:
+        """One clear error for a training set that cannot work: empty, labels out of range, a sample that does
+        not become a batch of ``pixel_values`` with the model's channels and ``labels``."""
+        dataset = self.train_dataset
+        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+            return
+        if len(dataset) == 0:
+            raise ValueError("train_dataset is empty: it needs at least one sample.")
+        num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
+        if num_labels and hasattr(dataset, "column_names"):
+            check_label_range(dataset, num_labels)
+        dataset, collator = self._dataset_and_collator("training")
+        try:
+            batch = collator([dataset[0]])
+        except Exception as error:  # whatever the user's transform or collator raises
+            removed = sorted(set(getattr(self.train_dataset, "column_names", [])) - set(getattr(dataset, "column_names", [])))
+            hint = (f" The Trainer removed the columns {removed}, which the model's forward does not take "
+                    "(remove_unused_columns=True); if the dataset's transform needs them (the image column), set "
+                    "remove_unused_columns=False." if removed else "")
+            raise ValueError(f"Could not build a training batch from train_dataset[0] ({type(error).__name__}: "
+                             f"{error}).{hint}") from error
+        pixels = batch.get("pixel_values") if isinstance(batch, dict) else None
+        if not torch.is_tensor(pixels) or pixels.dim() != 4 or "labels" not in batch:
+            raise ValueError("A training batch must hold `pixel_values` (batch, channels, height, width) and `labels`; "
+                             f"train_dataset[0] gives {sorted(batch) if isinstance(batch, dict) else type(batch).__name__}.")
+        channels = getattr(self.model.config, "num_channels", pixels.shape[1])
+        if pixels.shape[1] != channels:
+            raise ValueError(f"The model takes {channels}-channel images but the training batches have "
+                             f"{pixels.shape[1]} channels: convert the images ({'RGB' if channels == 3 else 'L'}) in "
+                             "the dataset's transform, or use a model made for them.")
+
     # ---- Algorithm 1: one noise per round ----
 
     def _synthesis_batches(self, round_index: int) -> Iterator[dict[str, Any]]:
         """Endless training minibatches for round ``round_index``: a new one each synthesis step."""
         if self._synthesis_loader is None:
-            dataset, collator = self.train_dataset, self.data_collator
-            if hasattr(dataset, "column_names"):
-                dataset = self._remove_unused_columns(dataset, description="noise synthesis")
-            else:
-                collator = self._get_collator_with_removed_columns(collator, description="noise synthesis")
+            dataset, collator = self._dataset_and_collator("noise synthesis")
             sampler = _RoundSampler(len(dataset), self.args.seed, self.args.process_index, self.args.world_size)
             self._synthesis_loader = DataLoader(
                 dataset, batch_size=self.args.per_device_train_batch_size, sampler=sampler, collate_fn=collator,
@@ -180,7 +229,7 @@ class NullspaceTrainer(Trainer):
         generator = torch.Generator().manual_seed(args.seed + 2 * round_index)
         batches = self._synthesis_batches(round_index)
         if args.noise_mode == "random":
-            return random_noise(self.model, batches, eps=args.noise_eps, generator=generator)
+            return self._finite(round_index, random_noise(self.model, batches, eps=args.noise_eps, generator=generator))
         warm = self.noise * args.noise_warm_start_scale if args.noise_warm_start and self.noise is not None else None
         budget = args.noise_max_steps if warm is None else args.noise_warm_max_steps
         result = synthesize_noise(
@@ -191,8 +240,18 @@ class NullspaceTrainer(Trainer):
             place_start=warm is not None,
         )
         setting = "noise_max_steps" if warm is None else "noise_warm_max_steps"
-        self._warn_about_round(round_index, result, budget, setting)
+        self._warn_about_round(round_index, self._finite(round_index, result), budget, setting)
         return result
+
+    def _finite(self, round_index: int, result: NoiseResult) -> NoiseResult:
+        """``result``, or one clear error when the noise or its mse_prob is nan or inf."""
+        if math.isfinite(result.mse_prob) and torch.isfinite(result.noise).all():
+            return result
+        raise NonFiniteError(
+            f"Noise round {round_index} (step {self.state.global_step}): the synthesised noise is not finite "
+            f"(mse_prob {result.mse_prob}): lower noise_init_limit (now {self.args.noise_init_limit}) or noise_lr "
+            f"(now {self.args.noise_lr})."
+        )
 
     def _warn_about_round(self, round_index: int, result: NoiseResult, budget: int, setting: str) -> None:
         """Say when a round's noise is not a searched noise just inside ε, and which setting to change."""
@@ -218,6 +277,7 @@ class NullspaceTrainer(Trainer):
         round_index = self.state.global_step // self.args.noise_refresh_steps
         if self.args.noise_mode == "none" or round_index == self._noise_round:
             return
+        check_finite_weights(self.model, f"the model at step {self.state.global_step}", DIVERGED)
         result = self._make_noise(round_index)
         self.noise, self._noise_round = result.noise, round_index
         record = {"round": round_index, "step": self.state.global_step, **result.as_dict()}
@@ -238,17 +298,29 @@ class NullspaceTrainer(Trainer):
         sequential = (self._noisy_training() and self.args.noisy_forward == "separate"
                       and self.accelerator.distributed_type != DistributedType.DEEPSPEED)
         if not sequential:
-            return super().training_step(model, inputs, num_items_in_batch)
+            return self._checked(super().training_step(model, inputs, num_items_in_batch), "training")
         losses = []
         for part in ("clean", "noisy"):
             self._loss_part = part
             sync = self.accelerator.no_sync(model) if part == "clean" else contextlib.nullcontext()
             try:
                 with sync:
-                    losses.append(super().training_step(model, inputs, num_items_in_batch))
+                    losses.append(self._checked(super().training_step(model, inputs, num_items_in_batch), part))
             finally:
                 self._loss_part = "both"
         return losses[0] + losses[1]
+
+    def _checked(self, loss: torch.Tensor, term: str) -> torch.Tensor:
+        """Stop, before the optimizer step, at a nan or inf loss (fp16 runs excepted: the grad scaler skips those
+        steps). The Trainer already reads every step's loss on the host, so this adds no device sync."""
+        if self.args.fp16 or torch.isfinite(loss).all():
+            return loss
+        noise = "no noise" if self.noise is None else f"noise norm {float(self.noise.norm()):.3g}"
+        raise NonFiniteError(
+            f"Step {self.state.global_step + 1} (noise round {self._noise_round}, {noise}): the {term} loss is "
+            f"{float(loss)}. Lower learning_rate (now {self.args.learning_rate}), noise_init_limit or "
+            "noisy_loss_weight; when resuming, the checkpoint's noise may be corrupt. Nothing of this step was saved."
+        )
 
     def _noisy_training(self) -> bool:
         return self.noise is not None and self.args.noisy_loss_weight > 0
@@ -259,7 +331,11 @@ class NullspaceTrainer(Trainer):
         """CE with integer labels (smoothed by ``label_smoothing_factor``) or with soft targets (already smoothed)."""
         if labels.is_floating_point():
             return F.cross_entropy(logits.float(), labels.float())
-        return F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+        try:
+            return F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+        except IndexError as error:  # on the CPU; CUDA stops with a device assert instead
+            raise ValueError(f"A training label is outside 0..{logits.shape[-1] - 1}, the model's classes: "
+                             f"labels {labels.tolist()} ({error}).") from error
 
     def compute_loss(
         self,
@@ -311,11 +387,14 @@ class NullspaceTrainer(Trainer):
             return super().evaluate(*args, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model (the EMA weights when on) with the noise files beside it."""
+        """Save the model (the EMA weights when on) with the noise files beside it; never a non-finite one."""
+        target = output_dir if output_dir is not None else self.args.output_dir
         if self.ema is not None and not _internal_call:
             with self.ema.swapped_into(self.model):
+                check_finite_weights(self.model, f"the EMA model to save into {target}", DIVERGED)
                 super().save_model(output_dir, _internal_call)
         else:
+            check_finite_weights(self.model, f"the model to save into {target}", DIVERGED)
             super().save_model(output_dir, _internal_call)
         if self.args.should_save:
             self._save_noise_state(output_dir if output_dir is not None else self.args.output_dir,
@@ -346,30 +425,16 @@ class NullspaceTrainer(Trainer):
     # ---- checkpoint state ----
 
     def _save_noise_state(self, directory: str, with_ema: bool) -> None:
-        os.makedirs(directory, exist_ok=True)
-        if self.noise is not None:
-            save_file({"noise": self.noise.detach().float().cpu().contiguous()}, os.path.join(directory, NOISE_FILE),
-                      metadata={"round": str(self._noise_round), "noise_mode": self.args.noise_mode})
-        with open(os.path.join(directory, HISTORY_FILE), "w", encoding="utf-8") as handle:
-            json.dump({"noise_mode": self.args.noise_mode, "round": self._noise_round, "rounds": self.noise_history},
-                      handle, indent=2)
-        if with_ema and self.ema is not None and self.ema.shadow:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.shadow.items()},
-                      os.path.join(directory, EMA_FILE))
+        ema = self.ema.shadow if with_ema and self.ema is not None else None
+        save_noise_state(directory, NoiseState(self._noise_round, self.noise, self.noise_history, ema),
+                         self.args.noise_mode)
 
     def _load_noise_state(self, checkpoint: str) -> None:
-        history_path = os.path.join(checkpoint, HISTORY_FILE)
-        if os.path.isfile(history_path):
-            with open(history_path, encoding="utf-8") as handle:
-                history = json.load(handle)
-            self.noise_history = history["rounds"]
-            self._noise_round = history["round"]
-        noise_path = os.path.join(checkpoint, NOISE_FILE)
-        if os.path.isfile(noise_path):
-            self.noise = load_file(noise_path)["noise"].to(self.args.device)
-        ema_path = os.path.join(checkpoint, EMA_FILE)
-        if self.ema is not None and os.path.isfile(ema_path):
-            self.ema.shadow = {k: v.to(self.args.device) for k, v in load_file(ema_path).items()}
+        state = load_noise_state(checkpoint, self.args.noise_mode, with_ema=self.ema is not None)
+        self._noise_round, self.noise_history = state.round, state.history
+        self.noise = None if state.noise is None else state.noise.to(self.args.device)
+        if state.ema is not None:
+            self.ema.shadow = {k: v.to(self.args.device) for k, v in state.ema.items()}
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Restore the weights through ``from_pretrained`` and the noise state of a checkpoint.

@@ -1,9 +1,9 @@
 """Pretrain a small ViT from scratch: the "pretrained model" that the recipes then fine-tune.
 
-The embedded default of `recipes/finetune.py` starts from the checkpoint this script writes on
-scikit-learn's digits (shipped in `recipes/checkpoints/vit-tiny-digits/`):
+The embedded default of `nullspace-hf finetune` (`recipes/finetune.py`) starts from the checkpoint this script writes on
+scikit-learn's digits (shipped in `nullspace_hf/scripts/embedded/vit-tiny-digits/`):
 
-    python recipes/pretrain.py --output_dir recipes/checkpoints/vit-tiny-digits
+    python recipes/pretrain.py --output_dir nullspace_hf/scripts/embedded/vit-tiny-digits --overwrite_output_dir true
 
 Any image dataset works the same way (`--dataset_name`, `--data_files`, `--train_dir`), e.g. CIFAR-10:
 
@@ -94,7 +94,7 @@ def main(pretrain_args: PretrainArguments, training_args: NullspaceConfig) -> di
 def make_parser() -> HfArgumentParser:
     """Parser over :class:`PretrainArguments` and ``NullspaceConfig`` with this recipe's defaults (no noise)."""
     parser = HfArgumentParser((PretrainArguments, NullspaceConfig))
-    parser.set_defaults(output_dir="recipes/checkpoints/vit-tiny-digits", noise_mode="none", num_train_epochs=40,
+    parser.set_defaults(output_dir="nullspace_hf/scripts/embedded/vit-tiny-digits", noise_mode="none", num_train_epochs=40,
                         per_device_train_batch_size=64, learning_rate=2e-3, weight_decay=0.05, warmup_steps=50,
                         lr_scheduler_type="cosine", eval_strategy="no", save_strategy="no", logging_steps=50,
                         remove_unused_columns=False, report_to="none", seed=0)

@@ -236,7 +236,7 @@ def ensure_pretrained(args: ReproduceArguments, train: Dataset, test: Dataset, n
         output_dir=str(directory), num_train_epochs=args.pretrain_epochs, per_device_train_batch_size=128,
         learning_rate=1e-3, weight_decay=0.05, warmup_steps=0 if args.quick else 200, lr_scheduler_type="cosine",
         eval_strategy="no", save_strategy="no", logging_steps=100, remove_unused_columns=False, report_to="none",
-        seed=0, disable_tqdm=True)
+        seed=0, disable_tqdm=True, overwrite_output_dir=True)  # stage 1 runs only when no pretrained model is there
     started = time.perf_counter()
     metrics = pretrain(train, test, names, shape, training)
     _write_json(directory / "pretrain_metrics.json", {**metrics, "seconds": time.perf_counter() - started})
@@ -258,7 +258,7 @@ def _training_config(spec: RunSpec, args: ReproduceArguments, output_dir: Path) 
              "nullspace_fast": {"noise_mode": "nullspace"}}
     augmentation = PAPER_AUGMENTATION if args.protocol == "paper" else {}
     return NullspaceConfig(noise_eps=spec.eps, noise_refresh_steps=args.noise_refresh_steps, **noise[spec.method],
-                           **augmentation, **common)
+                           **augmentation, overwrite_output_dir=True, **common)  # only unfinished runs are redone
 
 
 def load_processor(pretrained: Path, args: ReproduceArguments) -> Any:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .helpers import save_tiny_model
+from nullspace_hf.data import digits_dataset
+
+from .helpers import load_recipe, save_tiny_model
 
 
 @pytest.fixture
@@ -24,3 +26,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    """The main job's module, ``nullspace_hf.scripts.finetune``."""
+    return load_recipe()
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """Digits as local parquet files (train 200, test 40) and a tiny 10-class ViT with its processor."""
+    root = tmp_path_factory.mktemp("data")
+    data = digits_dataset()
+    data["train"].select(range(200)).to_parquet(str(root / "train.parquet"))
+    data["test"].select(range(40)).to_parquet(str(root / "test.parquet"))
+    save_tiny_model(root / "model", num_labels=10)
+    return root

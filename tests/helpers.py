@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -94,3 +99,35 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "finetune.py"
+
+
+def load_recipe():
+    """The main job's module (``recipes/finetune.py`` runs it)."""
+    import nullspace_hf.scripts.finetune as finetune
+
+    return finetune
+
+
+def recipe_args(root: Path, output_dir: Path, *extra: str) -> list[str]:
+    """Recipe flags for a seconds-long run on the ``small_data`` fixture's files."""
+    return ["--model_name_or_path", str(root / "model"),
+            "--data_files", json.dumps({"train": str(root / "train.parquet"), "test": str(root / "test.parquet")}),
+            "--output_dir", str(output_dir), "--max_steps", "4", "--per_device_train_batch_size", "16",
+            "--noise_refresh_steps", "2", "--noise_max_steps", "20", "--save_strategy", "no", "--report_to", "none",
+            "--eval_attacks", "fgsm", "--eval_corruptions", "gaussian_noise", "--eval_severities", "1",
+            "--disable_tqdm", "true", *extra]
+
+
+def hub_env(endpoint: str, home: Path) -> dict[str, str]:
+    """The environment of a process that talks to the loopback Hub (online, whatever the user set)."""
+    return {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "test-token",
+            "HF_HOME": str(home), "HF_HUB_OFFLINE": "0"}
+
+
+def run_recipe(args: list[str], endpoint: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the recipe in a subprocess against the loopback Hub at ``endpoint``."""
+    return subprocess.run([sys.executable, str(RECIPE), *args], capture_output=True, text=True, cwd=cwd,
+                          env=hub_env(endpoint, cwd / "hf_home"), timeout=600)

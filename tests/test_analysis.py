@@ -22,7 +22,7 @@ from .helpers import DictDataset, digits_tensors, make_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "recipes" / "checkpoints" / "vit-tiny-digits"
+CHECKPOINT = Path(__file__).resolve().parent.parent / "nullspace_hf" / "scripts" / "embedded" / "vit-tiny-digits"
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,48 +13,13 @@ import torch
 import yaml
 from huggingface_hub import ModelCard
 
-from nullspace_hf.data import digits_dataset
 from nullspace_hf.hub import hyperparameter_names
 from nullspace_hf.parsing import parse_with_config
 
-from .helpers import save_tiny_model
+from .helpers import RECIPE, load_recipe, recipe_args, run_recipe, save_tiny_model
 from .hub_server import LoopbackHub
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "finetune.py"
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("finetune_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def recipe():
-    return _recipe()
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    """Digits as local parquet files (train 200, test 40) and a tiny 10-class ViT with its processor."""
-    root = tmp_path_factory.mktemp("data")
-    data = digits_dataset()
-    data["train"].select(range(200)).to_parquet(str(root / "train.parquet"))
-    data["test"].select(range(40)).to_parquet(str(root / "test.parquet"))
-    save_tiny_model(root / "model", num_labels=10)
-    return root
-
-
-def _fast_args(root: Path, output_dir: Path, *extra: str) -> list[str]:
-    return ["--model_name_or_path", str(root / "model"),
-            "--data_files", json.dumps({"train": str(root / "train.parquet"), "test": str(root / "test.parquet")}),
-            "--output_dir", str(output_dir), "--max_steps", "4", "--per_device_train_batch_size", "16",
-            "--noise_refresh_steps", "2", "--noise_max_steps", "20", "--save_strategy", "no", "--report_to", "none",
-            "--eval_attacks", "fgsm", "--eval_corruptions", "gaussian_noise", "--eval_severities", "1",
-            "--disable_tqdm", "true", *extra]
 
 
 def test_config_file_sets_values_and_flags_win(recipe, tmp_path):
@@ -93,7 +57,7 @@ def test_the_card_lists_every_setting_nullspace_config_adds():
 
 def test_shipped_configs_parse(recipe):
     for config in sorted((ROOT / "recipes" / "configs").glob("*.yaml")):
-        script, training = parse_with_config(_recipe().make_parser(), ["--config", str(config)])
+        script, training = parse_with_config(load_recipe().make_parser(), ["--config", str(config)])
         assert training.noise_refresh_steps == 40 and training.noise_eps == 0.03, config.name
 
 
@@ -147,7 +111,7 @@ def test_drop_path_rate_is_set_where_the_family_has_one(recipe, tmp_path, family
 )
 def test_bad_data_is_one_clear_error_before_training(recipe, small_data, tmp_path, capsys, change, message):
     output = tmp_path / "out"
-    args = _fast_args(small_data, output)
+    args = recipe_args(small_data, output)
     if change[0] in ("--data_files", "--dataset_name"):
         index = args.index("--data_files")
         del args[index : index + 2]
@@ -158,18 +122,11 @@ def test_bad_data_is_one_clear_error_before_training(recipe, small_data, tmp_pat
     assert not (output / "model.safetensors").exists()
 
 
-def _run_recipe(args: list[str], endpoint: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "test-token",
-           "HF_HOME": str(cwd / "hf_home"), "HF_HUB_OFFLINE": "0"}  # the loopback Hub is online, whatever the user set
-    return subprocess.run([sys.executable, str(RECIPE), *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=600)
-
-
 @pytest.mark.slow
 def test_push_to_loopback_hub_and_pull_back(small_data, tmp_path):
     output = tmp_path / "out"
     with LoopbackHub() as hub:
-        result = _run_recipe(_fast_args(small_data, output, "--push_to_hub", "true", "--hub_model_id", "user/tiny-ns"),
+        result = run_recipe(recipe_args(small_data, output, "--push_to_hub", "true", "--hub_model_id", "user/tiny-ns"),
                              hub.endpoint, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         pushed = hub.state.repos["user/tiny-ns"]["files"]
@@ -221,7 +178,7 @@ def test_refusing_hub_leaves_output_dir_intact_with_a_clear_error(small_data, tm
     output = tmp_path / "out"
     with LoopbackHub() as hub:
         hub.state.fail = True
-        result = _run_recipe(_fast_args(small_data, output, "--push_to_hub", "true", "--hub_model_id", "user/x"),
+        result = run_recipe(recipe_args(small_data, output, "--push_to_hub", "true", "--hub_model_id", "user/x"),
                              hub.endpoint, tmp_path)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
@@ -233,10 +190,13 @@ def test_refusing_hub_leaves_output_dir_intact_with_a_clear_error(small_data, tm
 
 
 @pytest.mark.slow
-def test_embedded_default_runs_and_its_model_loads_without_the_package(tmp_path):
-    """The README's main job: `accelerate launch recipes/finetune.py` with no argument."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE)]
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+     "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE)],
+    [sys.executable, "-m", "nullspace_hf.cli", "finetune"],
+], ids=["accelerate-launch-recipe", "nullspace-hf-finetune"])
+def test_embedded_default_runs_and_its_model_loads_without_the_package(tmp_path, command):
+    """The README's main job with no argument: `accelerate launch recipes/finetune.py`, or `nullspace-hf finetune`."""
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

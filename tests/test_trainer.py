@@ -27,7 +27,7 @@ from nullspace_hf import NullspaceConfig, NullspaceTrainer, synthesize_noise
 from .helpers import DictDataset, digits_tensors, free_port, make_tiny_model, train_briefly
 
 MODEL = dict(num_labels=10, image_size=16, patch_size=4, initializer_range=0.2)
-SHIPPED = Path(__file__).resolve().parents[1] / "recipes" / "checkpoints" / "vit-tiny-digits"
+SHIPPED = Path(__file__).resolve().parents[1] / "nullspace_hf" / "scripts" / "embedded" / "vit-tiny-digits"
 
 
 @pytest.fixture(scope="module")

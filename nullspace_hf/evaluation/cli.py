@@ -94,23 +94,27 @@ def _process_state() -> PartialState:
     --multi_gpu`` (torchrun) starts them anywhere, but accelerate then treats them as distributed only
     when told they are CPU processes, which this does when no GPU is present.
     """
-    import torch
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    launched_together = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")
-                        or (launched_together and not torch.cuda.is_available()))
+    from ..config import launched_without_accelerator
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or launched_without_accelerator())
 
 
 def run_evaluate(args: argparse.Namespace) -> RobustnessReport:
     """Run the evaluation the arguments describe; the main process prints the report and writes ``--output``."""
     from transformers.utils import logging as hf_logging
 
+    from ..checks import check_writable
     from .robustness import evaluate_robustness
     from .sources import load_eval_dataset
 
     state = _process_state()
+    if args.output:  # every process checks, so that all stop together
+        check_writable(os.path.dirname(os.path.abspath(args.output)), "The folder of --output")
+        if os.path.isdir(args.output):
+            raise ValueError(f"--output {args.output!r} is a directory: give a file name such as results.json.")
     hf_logging.disable_progress_bar()
     attacks = build_attacks(args)
     dataset = load_eval_dataset(args.dataset, args.split)

@@ -21,6 +21,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, PreTrainedModel
 
+from ..checks import check_finite_weights
 from ..modeling import frozen_eval, load_model
 from .attacks import DEFAULT_ATTACKS, Attack, resolve_attacks
 from .corruptions import SEVERITIES, CorruptedSets, check_corruptible, resolve_corruptions, resolve_severities
@@ -69,6 +70,8 @@ def _load_classifier(model: PreTrainedModel | str, processor: Any, device: torch
         name = model.name_or_path or type(model).__name__
     else:
         raise ValueError(f"The {role} must be a transformers model or a model name/path, got {type(model).__name__}.")
+    check_finite_weights(model, f"the {role} {name!r}", "its accuracies would be meaningless; evaluate another "
+                         "checkpoint.")
     if processor is None:
         try:
             processor = AutoImageProcessor.from_pretrained(model.name_or_path)

@@ -1,0 +1,246 @@
+"""Fine-tune a ViT with approximate-nullspace noise (Algorithm 1), evaluate it before and after, publish it.
+
+    nullspace-hf finetune                                       # the embedded default (digits, < 5 min)
+    accelerate launch recipes/finetune.py                       # the same, under accelerate
+    accelerate launch -m nullspace_hf.scripts.finetune --config recipes/configs/cifar10.yaml
+    accelerate launch recipes/finetune.py --model_name_or_path google/vit-base-patch16-224 \
+        --dataset_name imagenet-1k --max_train_samples 0.1 --push_to_hub --hub_model_id user/vit-b16-nullspace
+
+Without `--config` the job starts from the embedded default (`embedded/digits.yaml` beside this file:
+the tiny ViT in `embedded/vit-tiny-digits` fine-tuned on scikit-learn's digits, shipped with the
+package), and the flags given override it. `--config` takes any YAML or JSON file of the arguments
+below instead; flags override it too.
+
+Before any work the job checks the checkpoint to resume from, that `output_dir` holds no earlier run
+(`--overwrite_output_dir true` replaces one), the labels and every image's header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
+
+from datasets import Image
+
+from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
+from nullspace_hf.checkpoint import resolve_checkpoint
+from nullspace_hf.checks import check_output_dir
+from nullspace_hf.data import (
+    ImageClassificationTransform,
+    check_image_classification_columns,
+    check_images,
+    collate_image_classification,
+    load_image_dataset,
+)
+from nullspace_hf.evaluation import evaluate_robustness
+from nullspace_hf.hub import RESULTS_FILE, HubPushError, noise_rounds_table, push_output_dir, summarize_report
+from nullspace_hf.modeling import check_model_source
+from nullspace_hf.parsing import parse_with_config
+from nullspace_hf.plots import plot_noise_dynamics
+
+EMBEDDED = Path(__file__).resolve().parent / "embedded"
+DEFAULT_CONFIG = EMBEDDED / "digits.yaml"
+
+
+@dataclass
+class ScriptArguments:
+    """Model, data and evaluation of the recipe (the training settings are in ``NullspaceConfig``)."""
+
+    model_name_or_path: str = field(
+        default=str(EMBEDDED / "vit-tiny-digits"),
+        metadata={"help": "Checkpoint to fine-tune: a Hub id or a local directory (with its image processor)."},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (none: scikit-learn digits)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    data_files: str | None = field(
+        default=None, metadata={"help": "Local data files: a path, or JSON {\"train\": ..., \"test\": ...}."}
+    )
+    train_dir: str | None = field(default=None, metadata={"help": "An imagefolder directory (one folder per class)."})
+    image_column: str = field(default="image", metadata={"help": "Column of images."})
+    label_column: str = field(default="label", metadata={"help": "Column of class indices."})
+    train_split: str = field(default="train", metadata={"help": "Split to fine-tune on."})
+    eval_split: str = field(default="test", metadata={"help": "Split to evaluate on (before and after)."})
+    max_train_samples: float | None = field(
+        default=None, metadata={"help": "Train on this many samples, or this fraction when < 1 (paper: 0.1)."}
+    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many samples."})
+    eval_attacks: str = field(default="fgsm", metadata={"help": "Comma-separated attacks, or 'none'."})
+    eval_corruptions: str = field(default="all", metadata={"help": "Comma-separated corruptions, a group, or 'none'."})
+    eval_severities: str = field(default="1,2,3,4,5", metadata={"help": "Comma-separated corruption severities."})
+    eval_batch_size: int = field(default=128, metadata={"help": "Batch size of the robustness evaluation."})
+    check_images: bool = field(
+        default=True,
+        metadata={"help": "Open every image's header before any work, so that a broken file is named at once "
+                          "(turn off for very large image folders; a broken file is then named when it is met)."},
+    )
+    drop_path_rate: float | None = field(
+        default=None,
+        metadata={"help": "Stochastic depth while fine-tuning (the authors: 0.25), for model families whose config "
+                          "has drop_path_rate (BEiT, Data2VecVision, Dinov2, Swin, ...); transformers' ViT and DeiT "
+                          "have none."},
+    )
+
+
+def _subsample(dataset, limit: float | None, seed: int):
+    if limit is None:
+        return dataset
+    count = int(limit * len(dataset)) if limit < 1 else int(limit)
+    if count < 1:
+        raise ValueError(f"max_train_samples={limit} leaves no sample of {len(dataset)}.")
+    return dataset.shuffle(seed=seed).select(range(min(count, len(dataset))))
+
+
+def _names(text: str) -> list[str] | None:
+    return None if text.strip().lower() == "none" else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def load_data(script_args: ScriptArguments, seed: int):
+    """Load and check the train and evaluation splits; return them with the class names."""
+    files = script_args.data_files  # a path, a JSON mapping on the command line, or a mapping from a --config YAML
+    if isinstance(files, str) and files.lstrip().startswith("{"):
+        files = json.loads(files)
+    data = load_image_dataset(script_args.dataset_name, script_args.dataset_config, files, script_args.train_dir)
+    for split in (script_args.train_split, script_args.eval_split):
+        if split not in data:
+            raise ValueError(f"The dataset has no split {split!r}; its splits are {list(data)}. "
+                             "Pass --train_split / --eval_split.")
+        if len(data[split]) == 0:
+            raise ValueError(f"The split {split!r} of the dataset is empty.")
+    names = check_image_classification_columns(data[script_args.train_split], script_args.image_column,
+                                               script_args.label_column)
+    eval_names = check_image_classification_columns(data[script_args.eval_split], script_args.image_column,
+                                                    script_args.label_column)
+    if len(eval_names) > len(names):
+        raise ValueError(f"The {script_args.eval_split!r} split has labels up to {len(eval_names) - 1}, the "
+                         f"{script_args.train_split!r} split only up to {len(names) - 1}: the classes must match.")
+    if script_args.check_images:
+        for split in (script_args.train_split, script_args.eval_split):
+            check_images(data[split], script_args.image_column)
+    train = _subsample(data[script_args.train_split], script_args.max_train_samples, seed)
+    train = train.cast_column(script_args.image_column, Image(decode=False))  # decoded by the transform, lazily
+    evaluation = data[script_args.eval_split]
+    if script_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
+    return train, evaluation, names
+
+
+def load_model(script_args: ScriptArguments, names: list[str]):
+    """The checkpoint and its image processor; a new head when the dataset has other classes."""
+    overrides = {} if script_args.drop_path_rate is None else {"drop_path_rate": script_args.drop_path_rate}
+    check_model_source(script_args.model_name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(script_args.model_name_or_path)
+        processor = AutoImageProcessor.from_pretrained(script_args.model_name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Could not load {script_args.model_name_or_path!r} with its image processor: {error}") \
+            from error
+    if overrides and not hasattr(config, "drop_path_rate"):
+        raise ValueError(f"--drop_path_rate: {type(config).__name__} has no drop path in transformers (no "
+                         "drop_path_rate in its config); leave it unset for this model.")
+    model = AutoModelForImageClassification.from_pretrained(script_args.model_name_or_path, **overrides)
+    if model.config.num_labels != len(names):
+        model = AutoModelForImageClassification.from_pretrained(
+            script_args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True, **overrides)
+    patch_embedding_nullspace(model)  # a clear error now for models without a patch embedding
+    return model, processor
+
+
+def evaluate(model, processor, dataset, script_args: ScriptArguments, training_args: NullspaceConfig, name: str):
+    """Clean, attack and corruption accuracy of ``model`` on the evaluation split."""
+    return evaluate_robustness(
+        model, dataset, image_processor=processor, attacks=_names(script_args.eval_attacks),
+        corruptions=_names(script_args.eval_corruptions),
+        severities=[int(s) for s in script_args.eval_severities.split(",")],
+        batch_size=script_args.eval_batch_size, seed=training_args.seed, image_column=script_args.image_column,
+        label_column=script_args.label_column, cache_dir=os.path.join(training_args.output_dir, "corruption_cache"),
+        dataset_name=name,
+    )
+
+
+def print_table(results: dict) -> None:
+    """Before/after table: clean accuracy, attack accuracy, mean corruption accuracy."""
+    summaries = {run: summarize_report(report) for run, report in results.items()}
+    metrics = list(dict.fromkeys(m for summary in summaries.values() for m in summary))
+    print("\n" + "model".ljust(8) + "".join(m.rjust(14) for m in metrics))
+    for run, summary in summaries.items():
+        print(run.ljust(8) + "".join(f"{summary.get(m, float('nan')):14.2f}" for m in metrics))
+    print("(accuracy in %; 'corruption' is the mean over corruptions and severities)\n")
+
+
+def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
+    """Fine-tune, evaluate before and after, write ``output_dir`` completely, then push if asked."""
+    set_seed(training_args.seed)
+    print(f"Process {training_args.process_index} of {training_args.world_size} ({training_args.device}).")
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir,
+                                    training_args.noise_mode, with_ema=training_args.ema_decay is not None)
+    check_output_dir(training_args.output_dir, overwrite=training_args.overwrite_output_dir,
+                     resuming=checkpoint is not None)
+    train, evaluation, names = load_data(script_args, training_args.seed)
+    model, processor = load_model(script_args, names)
+    transform = ImageClassificationTransform(processor, script_args.image_column, script_args.label_column,
+                                             model.config.num_channels)
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False  # the finished output_dir is pushed at the end, once complete
+    training_args.remove_unused_columns = False  # the transform needs the image column
+    source = script_args.data_files or script_args.train_dir
+    if isinstance(source, dict):
+        source = next(iter(source.values()))
+    dataset_name = script_args.dataset_name or ("digits" if not source else Path(str(source)).stem)
+    trainer = NullspaceTrainer(
+        model=model, args=training_args, train_dataset=train.with_transform(transform),
+        data_collator=collate_image_classification, processing_class=processor,
+    )
+    results = {"before": evaluate(model, processor, evaluation, script_args, training_args, dataset_name).to_dict()}
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    results["after"] = evaluate(trainer.model, processor, evaluation, script_args, training_args,
+                                dataset_name).to_dict()
+    if trainer.is_world_process_zero():
+        output = Path(training_args.output_dir)
+        (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        if trainer.noise_history:
+            plot_noise_dynamics(trainer.noise_history, output / "noise_dynamics.png", eps=training_args.noise_eps,
+                                band=training_args.noise_boundary_band)
+            print(f"Noise rounds (eps = {training_args.noise_eps}):\n{noise_rounds_table(trainer.noise_history)}")
+        trainer.create_model_card(dataset_name=dataset_name, dataset_id=script_args.dataset_name)
+        print_table(results)
+        print(f"Wrote {output}: model.safetensors, README.md (model card), {RESULTS_FILE}, noise files"
+              + (", noise_dynamics.png" if trainer.noise_history else ""))
+        if push:
+            repo_id = training_args.hub_model_id or output.name
+            url = push_output_dir(str(output), repo_id, token=training_args.hub_token,
+                                  private=training_args.hub_private_repo, revision=training_args.hub_revision)
+            print(f"Pushed to {repo_id}: {url}")
+    return results
+
+
+def make_parser() -> HfArgumentParser:
+    """The recipe's parser: :class:`ScriptArguments` and :class:`NullspaceConfig`."""
+    return HfArgumentParser((ScriptArguments, NullspaceConfig))
+
+
+def cli(argv: list[str]) -> int:
+    """Run the recipe; user errors end with one line on stderr and exit status 2."""
+    if not any(arg == "--config" or arg.startswith("--config=") for arg in argv) and not {"-h", "--help"} & set(argv):
+        print(f"No --config: starting from the embedded default ({DEFAULT_CONFIG.name}: a tiny ViT on scikit-learn's "
+              "digits)" + (f"; {len([a for a in argv if a.startswith('--')])} flags override it." if argv else "."))
+        argv = ["--config", str(DEFAULT_CONFIG), *argv]
+    try:
+        main(*parse_with_config(make_parser(), argv))
+    except (ValueError, HubPushError) as error:
+        print(f"finetune: error: {error}", file=sys.stderr)
+        return 2
+    finally:  # under torchrun, an open gloo/NCCL group sometimes aborts the process at exit
+        PartialState().destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))
