@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.data_loader import IterableDatasetShard
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
@@ -58,6 +59,29 @@ class _RoundSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.num_samples, self.world_size))
+
+
+class _StreamLoader(DataLoader):
+    """A DataLoader over an iterable train set that never ends: each iteration reads on where the last one stopped.
+
+    An iterable train set (``datasets`` streaming, a torch ``IterableDataset``) has no length to
+    shuffle, so there is no per-round order as :class:`_RoundSampler` gives: each round's synthesis
+    reads the stream from where the previous round stopped, and a pass that ends starts the next one.
+    The rounds thus see minibatches the earlier rounds did not, as long as the stream lasts; a
+    resumed run starts the stream again from its beginning.
+    """
+
+    _batches: Iterator[Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            batch = next(self._batches, None) if self._batches is not None else None
+            if batch is None:
+                self._batches = super().__iter__()
+                batch = next(self._batches, None)
+            if batch is None:
+                raise ValueError("The train_dataset yields no batch: the noise synthesis needs at least one.")
+            yield batch
 
 
 class NullspaceTrainer(Trainer):
@@ -152,23 +176,36 @@ class NullspaceTrainer(Trainer):
     # ---- Algorithm 1: one noise per round ----
 
     def _synthesis_batches(self, round_index: int) -> Iterator[dict[str, Any]]:
-        """Endless training minibatches for round ``round_index``: a new one each synthesis step."""
+        """Endless training minibatches for round ``round_index``: a new one each synthesis step.
+
+        A map-style train set is read in a reproducible shuffle of its own per round and pass
+        (:class:`_RoundSampler`); an iterable one (``datasets`` streaming, a torch ``IterableDataset``) is
+        read on from where the previous round stopped (:class:`_StreamLoader`), each rank taking its share.
+        """
         if self._synthesis_loader is None:
             dataset, collator = self.train_dataset, self.data_collator
-            if hasattr(dataset, "column_names"):
+            streaming = isinstance(dataset, IterableDataset)
+            if hasattr(dataset, "column_names") and not streaming:
                 dataset = self._remove_unused_columns(dataset, description="noise synthesis")
             else:
                 collator = self._get_collator_with_removed_columns(collator, description="noise synthesis")
-            sampler = _RoundSampler(len(dataset), self.args.seed, self.args.process_index, self.args.world_size)
-            self._synthesis_loader = DataLoader(
-                dataset, batch_size=self.args.per_device_train_batch_size, sampler=sampler, collate_fn=collator,
-                num_workers=self.args.dataloader_num_workers,
-            )
+            options = {"batch_size": self.args.per_device_train_batch_size, "collate_fn": collator,
+                       "num_workers": self.args.dataloader_num_workers}
+            if streaming:
+                if self.args.world_size > 1:
+                    dataset = IterableDatasetShard(dataset, self.args.per_device_train_batch_size,
+                                                   num_processes=self.args.world_size,
+                                                   process_index=self.args.process_index)
+                self._synthesis_loader = _StreamLoader(dataset, **options)
+            else:
+                sampler = _RoundSampler(len(dataset), self.args.seed, self.args.process_index, self.args.world_size)
+                self._synthesis_loader = DataLoader(dataset, sampler=sampler, **options)
         sampler = self._synthesis_loader.sampler
-        sampler.round = round_index
-        sampler.pass_index = 0
+        if isinstance(sampler, _RoundSampler):
+            sampler.round = round_index
+            sampler.pass_index = 0
         while True:
-            for batch in self._synthesis_loader:
+            for batch in self._synthesis_loader:  # a _StreamLoader never ends
                 batch = self._prepare_inputs(batch)
                 if self.augmentation is not None:  # the authors' synthesis batches: augmented images, never mixed
                     batch["pixel_values"] = self.augmentation.images(batch["pixel_values"])
