@@ -136,8 +136,9 @@ def patch_embedding_nullspace(model: nn.Module, rtol: float | None = None) -> Pa
     decomposed by SVD in float64. Singular values at or below ``rtol · σ_max`` count as zero.
 
     Args:
-        model: any model whose ``get_input_embeddings()`` contains a ``Conv2d`` with stride equal
-            to its kernel (ViT, DeiT, BEiT, Dinov2, ViT-MSN, ... and their classification heads).
+        model: any model with a patch ``Conv2d`` whose stride equals its kernel, found by
+            :func:`~nullspace_hf.modeling.patch_embedding` (ViT, DeiT, BEiT, Dinov2, ViT-MSN,
+            Data2VecVision, CLIP, SigLIP, timm ViTs through ``TimmWrapper``, and their classification heads).
         rtol: relative rank tolerance. The default follows ``numpy.linalg.matrix_rank`` applied to
             the stored weight: ``max(d, c·r²) · eps``, with ``eps`` the machine epsilon of the
             weight's dtype (1.19e-7 for float32). Trained float32 weights can lose rank numerically

@@ -5,54 +5,101 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedModel
 
+_PATCH_EMBEDDING_NAMES = ("embeddings", "patch_embed")
 
-def input_embedding_module(model: nn.Module) -> nn.Module:
-    """Return ``model.get_input_embeddings()``, the patch embedding of a ViT-family model.
 
-    Raises:
-        ValueError: naming the model class when it has no input embedding module.
+@dataclass(frozen=True)
+class PatchEmbedding:
+    """Where a ViT-family model maps image patches to tokens, and where the noise is added.
+
+    Attributes:
+        projection: the ``Conv2d`` (stride equal to kernel, no padding) that maps every patch to a token;
+            its weight is the linear map of the exact nullspace (:mod:`nullspace_hf.linalg`).
+        module: the module whose output receives the noise (a forward hook): the patch tokens before the
+            CLS token is prepended and the position embeddings are added.
+        layout: ``"tokens"``: ``module`` returns ``(batch, num_patches, hidden)``, alone or first in a tuple;
+            ``"channels_first"``: ``module`` is ``projection`` itself and returns ``(batch, hidden, rows, cols)``,
+            which the model flattens row by row into the ``num_patches = rows·cols`` tokens.
     """
+
+    projection: nn.Conv2d
+    module: nn.Module
+    layout: Literal["tokens", "channels_first"]
+
+
+def _is_patch_conv(module: nn.Module) -> bool:
+    """A ``Conv2d`` that maps non-overlapping patches linearly: stride = kernel, no padding or dilation, one group."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and tuple(module.stride) == tuple(module.kernel_size)
+        and module.padding in ("valid", (0, 0))
+        and tuple(module.dilation) == (1, 1)
+        and module.groups == 1
+    )
+
+
+def _first_patch_conv(module: nn.Module) -> nn.Conv2d | None:
+    return next((child for child in module.modules() if _is_patch_conv(child)), None)
+
+
+def _input_embeddings(model: nn.Module) -> nn.Module | None:
+    """``model.get_input_embeddings()``, or None where the model has none (timm) or does not say (CLIP)."""
     getter = getattr(model, "get_input_embeddings", None)
     try:
         module = getter() if getter is not None else None
     except (NotImplementedError, AttributeError):
-        module = None
-    if not isinstance(module, nn.Module):
-        raise ValueError(
-            f"{type(model).__name__} has no input embedding module (`get_input_embeddings()`); "
-            "nullspace_hf needs a vision model with a patch embedding such as ViT, DeiT, BEiT or Dinov2."
-        )
-    return module
+        return None
+    return module if isinstance(module, nn.Module) else None
+
+
+def patch_embedding(model: nn.Module) -> PatchEmbedding:
+    """Locate the patch embedding of a ViT-family model: its patch ``Conv2d`` and where the noise goes.
+
+    Searched in this order:
+
+    1. ``model.get_input_embeddings()``, when it holds a patch ``Conv2d``: transformers' ViT, DeiT, BEiT,
+       Dinov2, ViT-MSN and Data2VecVision return their patch-embedding module, whose output is the patch
+       tokens (``"tokens"``); SigLIP returns the conv itself (``"channels_first"``).
+    2. The first submodule named ``embeddings`` (transformers) or ``patch_embed`` (timm) that holds a patch
+       ``Conv2d``: ``vision_model.embeddings`` of ``CLIPForImageClassification``, ``timm_model.patch_embed``
+       of ``TimmWrapperForImageClassification``. CLIP's module also prepends the CLS token and adds the
+       position embeddings, so the noise is added to the conv's own output (``"channels_first"``): the
+       same patch tokens, before they are flattened. For timm too: its ``patch_embed`` flattens them and
+       applies ``patch_embed.norm`` (an ``Identity`` in timm's ViTs; AIMv2's RMSNorm would come after the
+       noise).
+
+    Raises:
+        ValueError: naming the model class when it has no patch embedding (a text model, a CNN, ...).
+    """
+    embeddings = _input_embeddings(model)
+    projection = _first_patch_conv(embeddings) if embeddings is not None else None
+    if projection is not None:
+        return PatchEmbedding(projection, embeddings, "channels_first" if embeddings is projection else "tokens")
+    for name, module in model.named_modules():
+        projection = _first_patch_conv(module) if name.rsplit(".", 1)[-1] in _PATCH_EMBEDDING_NAMES else None
+        if projection is not None:
+            return PatchEmbedding(projection, projection, "channels_first")
+    raise ValueError(
+        f"{type(model).__name__} has no patch embedding: neither `get_input_embeddings()` nor a submodule named "
+        f"{' or '.join(_PATCH_EMBEDDING_NAMES)} holds a Conv2d whose stride equals its kernel size (without padding). "
+        "nullspace_hf works with ViT-family image models: ViT, DeiT, BEiT, Dinov2, ViT-MSN, Data2VecVision, "
+        "CLIP and SigLIP image classifiers, and timm ViTs loaded through TimmWrapperForImageClassification."
+    )
 
 
 def patch_projection(model: nn.Module) -> nn.Conv2d:
-    """Return the ``Conv2d`` (stride equal to kernel) that maps image patches to tokens.
-
-    The layer is searched inside ``model.get_input_embeddings()``, as ViT, DeiT, BEiT, Dinov2 and
-    ViT-MSN define it in transformers.
+    """Return the ``Conv2d`` (stride equal to kernel) that maps image patches to tokens (see :func:`patch_embedding`).
 
     Raises:
         ValueError: naming the model class when no such layer exists (a text model, a CNN, ...).
     """
-    embeddings = input_embedding_module(model)
-    for module in embeddings.modules():
-        if (
-            isinstance(module, nn.Conv2d)
-            and tuple(module.stride) == tuple(module.kernel_size)
-            and tuple(module.padding) == (0, 0)
-            and tuple(module.dilation) == (1, 1)
-            and module.groups == 1
-        ):
-            return module
-    raise ValueError(
-        f"{type(model).__name__} has no patch embedding: its input embeddings "
-        f"({type(embeddings).__name__}) contain no Conv2d whose stride equals its kernel size. "
-        "nullspace_hf works with ViT-family image models (ViT, DeiT, BEiT, Dinov2, ViT-MSN, ...)."
-    )
+    return patch_embedding(model).projection
 
 
 def check_model_source(name_or_path: str) -> None:

@@ -1,8 +1,8 @@
 """Encoder-level noise: injection into the patch-embedding output, and its synthesis (paper §3.2–3.3).
 
 The noise ṽ is one tensor of shape ``(num_patches, hidden)``, shared by every sample, added to the
-output of ``model.get_input_embeddings()`` — before the CLS token is prepended and the position
-embeddings are added, as in the authors' code.
+output of the patch embedding (:func:`~nullspace_hf.modeling.patch_embedding`) — before the CLS token
+is prepended and the position embeddings are added, as in the authors' code.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .modeling import frozen_eval, input_embedding_module, patch_projection
+from .modeling import frozen_eval, patch_embedding
 
 Batch = Mapping[str, Any] | torch.Tensor
 
@@ -25,9 +25,14 @@ Batch = Mapping[str, Any] | torch.Tensor
 class NoiseInjector:
     """Adds a noise tensor to the patch-embedding output of a ViT-family model (a forward hook).
 
-    Transformers' NEFTune is the precedent: a forward hook on ``model.get_input_embeddings()``. With
-    no noise set the hook returns the output untouched; :meth:`remove` (or leaving the ``with``
-    block) takes the hook away and restores the exact original model.
+    Transformers' NEFTune is the precedent: a forward hook on the input embeddings. The hook sits on
+    the module :func:`~nullspace_hf.modeling.patch_embedding` names: the patch-embedding module, whose
+    output is the ``(batch, num_patches, hidden)`` patch tokens (ViT, DeiT, BEiT, Dinov2, ...), or the
+    patch ``Conv2d`` itself where the embedding module also adds the CLS token and position embeddings
+    (CLIP, SigLIP, timm); there the ``(num_patches, hidden)`` noise is added in the conv's
+    ``(batch, hidden, rows, cols)`` layout, to the same tokens. With no noise set the hook returns the
+    output untouched; :meth:`remove` (or leaving the ``with`` block) takes the hook away and restores
+    the exact original model.
 
     Example:
         >>> with NoiseInjector(model) as injector, injector.applied(noise):
@@ -35,8 +40,9 @@ class NoiseInjector:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        patch_projection(model)
-        self.module = input_embedding_module(model)
+        site = patch_embedding(model)
+        self.module = site.module
+        self.channels_first = site.layout == "channels_first"
         self.noise: torch.Tensor | None = None
         self.sample_mask: torch.Tensor | None = None
         self.output_shape: torch.Size | None = None
@@ -44,18 +50,24 @@ class NoiseInjector:
 
     def _hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         embeddings = output[0] if isinstance(output, tuple) else output
-        self.output_shape = embeddings.shape[1:]
+        if self.channels_first:
+            hidden, rows, cols = embeddings.shape[1:]
+            self.output_shape = torch.Size((rows * cols, hidden))
+        else:
+            self.output_shape = embeddings.shape[1:]
         if self.noise is None:
             return output
-        if self.noise.shape != embeddings.shape[1:]:
+        if self.noise.shape != self.output_shape:
             raise ValueError(
                 f"The noise has shape {tuple(self.noise.shape)} but the patch embeddings have shape "
-                f"{tuple(embeddings.shape[1:])} (num_patches, hidden): images of another size than the noise was "
+                f"{tuple(self.output_shape)} (num_patches, hidden): images of another size than the noise was "
                 "made for?"
             )
         noise = self.noise.to(embeddings.dtype)
+        if self.channels_first:
+            noise = noise.T.reshape(embeddings.shape[1:])
         if self.sample_mask is not None:
-            noise = noise * self.sample_mask.to(embeddings.dtype)[:, None, None]
+            noise = noise * self.sample_mask.to(embeddings.dtype).reshape(-1, *[1] * noise.ndim)
         noisy = embeddings + noise
         return (noisy, *output[1:]) if isinstance(output, tuple) else noisy
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.data_loader import IterableDatasetShard
 from accelerate.utils import DistributedType
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
@@ -62,6 +63,29 @@ class _RoundSampler(Sampler[int]):
         return len(range(self.rank, self.num_samples, self.world_size))
 
 
+class _StreamLoader(DataLoader):
+    """A DataLoader over an iterable train set that never ends: each iteration reads on where the last one stopped.
+
+    An iterable train set (``datasets`` streaming, a torch ``IterableDataset``) has no length to
+    shuffle, so there is no per-round order as :class:`_RoundSampler` gives: each round's synthesis
+    reads the stream from where the previous round stopped, and a pass that ends starts the next one.
+    The rounds thus see minibatches the earlier rounds did not, as long as the stream lasts; a
+    resumed run starts the stream again from its beginning.
+    """
+
+    _batches: Iterator[Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            batch = next(self._batches, None) if self._batches is not None else None
+            if batch is None:
+                self._batches = super().__iter__()
+                batch = next(self._batches, None)
+            if batch is None:
+                raise ValueError("The train_dataset yields no batch: the noise synthesis needs at least one.")
+            yield batch
+
+
 class NullspaceTrainer(Trainer):
     """A ``transformers.Trainer`` that fine-tunes a ViT on CE(clean) + w·CE(clean + ṽ) (Eq. 6, Algorithm 1).
 
@@ -83,7 +107,8 @@ class NullspaceTrainer(Trainer):
     ``save_pretrained`` weights, which load without this package.
 
     Args:
-        model: a ViT-family ``PreTrainedModel`` (``get_input_embeddings()`` holds a patch ``Conv2d``).
+        model: a ViT-family ``PreTrainedModel`` with a patch ``Conv2d`` (``modeling.patch_embedding`` finds it: ViT, DeiT,
+            BEiT, Dinov2, CLIP, SigLIP, timm, ...).
         args: a :class:`NullspaceConfig`.
         **kwargs: any other ``transformers.Trainer`` argument.
     """
@@ -155,7 +180,7 @@ class NullspaceTrainer(Trainer):
     def _dataset_and_collator(self, description: str) -> tuple[Any, Any]:
         """The training set and collator as the training loader sees them (unused columns removed)."""
         dataset, collator = self.train_dataset, self.data_collator
-        if hasattr(dataset, "column_names"):
+        if hasattr(dataset, "column_names") and not isinstance(dataset, IterableDataset):
             return self._remove_unused_columns(dataset, description=description), collator
         return dataset, self._get_collator_with_removed_columns(collator, description=description)
 
@@ -175,7 +200,7 @@ class NullspaceTrainer(Trainer):
         """One clear error for a training set that cannot work: empty, labels out of range, a sample that does
         not become a batch of ``pixel_values`` with the model's channels and ``labels``."""
         dataset = self.train_dataset
-        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        if dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
             return
         if len(dataset) == 0:
             raise ValueError("train_dataset is empty: it needs at least one sample.")
@@ -196,7 +221,7 @@ class NullspaceTrainer(Trainer):
         if not torch.is_tensor(pixels) or pixels.dim() != 4 or "labels" not in batch:
             raise ValueError("A training batch must hold `pixel_values` (batch, channels, height, width) and `labels`; "
                              f"train_dataset[0] gives {sorted(batch) if isinstance(batch, dict) else type(batch).__name__}.")
-        channels = getattr(self.model.config, "num_channels", pixels.shape[1])
+        channels = getattr(getattr(self.model, "config", None), "num_channels", pixels.shape[1])
         if pixels.shape[1] != channels:
             raise ValueError(f"The model takes {channels}-channel images but the training batches have "
                              f"{pixels.shape[1]} channels: convert the images ({'RGB' if channels == 3 else 'L'}) in "
@@ -205,19 +230,31 @@ class NullspaceTrainer(Trainer):
     # ---- Algorithm 1: one noise per round ----
 
     def _synthesis_batches(self, round_index: int) -> Iterator[dict[str, Any]]:
-        """Endless training minibatches for round ``round_index``: a new one each synthesis step."""
+        """Endless training minibatches for round ``round_index``: a new one each synthesis step.
+
+        A map-style train set is read in a reproducible shuffle of its own per round and pass
+        (:class:`_RoundSampler`); an iterable one (``datasets`` streaming, a torch ``IterableDataset``) is
+        read on from where the previous round stopped (:class:`_StreamLoader`), each rank taking its share.
+        """
         if self._synthesis_loader is None:
             dataset, collator = self._dataset_and_collator("noise synthesis")
-            sampler = _RoundSampler(len(dataset), self.args.seed, self.args.process_index, self.args.world_size)
-            self._synthesis_loader = DataLoader(
-                dataset, batch_size=self.args.per_device_train_batch_size, sampler=sampler, collate_fn=collator,
-                num_workers=self.args.dataloader_num_workers,
-            )
+            options = {"batch_size": self.args.per_device_train_batch_size, "collate_fn": collator,
+                       "num_workers": self.args.dataloader_num_workers}
+            if isinstance(dataset, IterableDataset):
+                if self.args.world_size > 1:
+                    dataset = IterableDatasetShard(dataset, self.args.per_device_train_batch_size,
+                                                   num_processes=self.args.world_size,
+                                                   process_index=self.args.process_index)
+                self._synthesis_loader = _StreamLoader(dataset, **options)
+            else:
+                sampler = _RoundSampler(len(dataset), self.args.seed, self.args.process_index, self.args.world_size)
+                self._synthesis_loader = DataLoader(dataset, sampler=sampler, **options)
         sampler = self._synthesis_loader.sampler
-        sampler.round = round_index
-        sampler.pass_index = 0
+        if isinstance(sampler, _RoundSampler):
+            sampler.round = round_index
+            sampler.pass_index = 0
         while True:
-            for batch in self._synthesis_loader:
+            for batch in self._synthesis_loader:  # a _StreamLoader never ends
                 batch = self._prepare_inputs(batch)
                 if self.augmentation is not None:  # the authors' synthesis batches: augmented images, never mixed
                     batch["pixel_values"] = self.augmentation.images(batch["pixel_values"])
