@@ -230,7 +230,7 @@ def cli(argv: list[str]) -> int:
     """Run the recipe; user errors end with one line on stderr and exit status 2."""
     if not any(arg == "--config" or arg.startswith("--config=") for arg in argv) and not {"-h", "--help"} & set(argv):
         print(f"No --config: starting from the embedded default ({DEFAULT_CONFIG.name}: a tiny ViT on scikit-learn's "
-              "digits)" + (f"; {len([a for a in argv if a.startswith('--')])} flags override it." if argv else "."))
+              "digits)" + ("; the flags given override it." if argv else "."))
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
     try:
         main(*parse_with_config(make_parser(), argv))
