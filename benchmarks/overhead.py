@@ -16,9 +16,9 @@ plus the synthesis steps of every round and whether each reached eps.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import gc
 import statistics
 import subprocess
 import sys
@@ -30,25 +30,13 @@ import torch
 from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
+from nullspace_hf.data import TensorRows
 from nullspace_hf.modeling import frozen_eval
 from nullspace_hf.noise import NoiseInjector, exploration_loss, probability_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 DIGITS_MODEL = ROOT / "nullspace_hf" / "scripts" / "embedded" / "vit-tiny-digits"
-
-
-class TensorRows(torch.utils.data.Dataset):
-    """Pre-processed ``pixel_values``/``labels`` tensors, so that data loading does not blur the timings."""
-
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor) -> None:
-        self.pixels, self.labels = pixels, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"pixel_values": self.pixels[index], "labels": self.labels[index]}
 
 
 def load_rows(model_path: str, data: str, limit: int) -> tuple[TensorRows, str]:
@@ -99,7 +87,7 @@ def step_times(args: argparse.Namespace, rows: TensorRows, repeats: int = 20) ->
     """P2: median seconds of a plain training step, a naive synthesis step and the implemented one."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForImageClassification.from_pretrained(args.model, attn_implementation=args.attn).to(device)
-    batch = rows.pixels[: args.batch_size].to(device)
+    batch = rows.pixel_values[: args.batch_size].to(device)
     labels = rows.labels[: args.batch_size].to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=args.bf16)

@@ -1,6 +1,6 @@
 """How fast does each synthesis schedule reach eps, and what noise does it find?
 
-    python benchmarks/synthesis_schedules.py --model outputs/vit-cifar10
+    python -m benchmarks.synthesis_schedules --model outputs/vit-cifar10
 
 For each schedule (noise learning rate, initial range A), on the same trained model and the same
 training minibatches: synthesis steps and seconds until the batch mean of sum((softmax
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import time
+
 import torch
 
+from benchmarks.overhead import CIFAR, DIGITS_MODEL, load_rows
 from nullspace_hf import noise_influence, synthesize_noise
-
-from overhead import CIFAR, DIGITS_MODEL, load_rows  # noqa: E402  (benchmarks/ is run as a folder of scripts)
 
 SCHEDULES = {
     "paper (lr 0.1, A 3)": {"lr": 0.1, "init_limit": 3.0},
@@ -42,8 +42,8 @@ def main() -> None:
 
     model = AutoModelForImageClassification.from_pretrained(args.model).eval()
     rows, name = load_rows(args.model, args.data, 8192)
-    train = [rows.pixels[i : i + args.batch_size] for i in range(0, 6144, args.batch_size)]
-    held_out = [rows.pixels[i : i + 256] for i in range(6144, 8192, 256)]
+    train = [rows.pixel_values[i : i + args.batch_size] for i in range(0, 6144, args.batch_size)]
+    held_out = [rows.pixel_values[i : i + 256] for i in range(6144, 8192, 256)]
     print(f"model {args.model} | {name} | batch {args.batch_size} | eps {args.eps} | "
           f"{torch.get_num_threads()} threads")
     print("| schedule | seed | steps | seconds | noise norm | held-out mse_prob | held-out match | "

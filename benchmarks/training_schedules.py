@@ -1,6 +1,6 @@
 """Synthesis schedules inside fine-tuning: steps per round, time, and how each round's noise generalises.
 
-    python benchmarks/training_schedules.py --model outputs/reproduce_cifar10/pretrained --steps 400
+    python -m benchmarks.training_schedules --model outputs/reproduce_cifar10/pretrained --steps 400
 
 For each schedule, a ``NullspaceTrainer`` fine-tunes the same model on the same data for ``--steps``
 model steps (a round every 40) and the table gives: the wall time of ``train()`` and the part spent in
@@ -18,9 +18,9 @@ import time
 
 from transformers import AutoModelForImageClassification
 
+from benchmarks.overhead import CIFAR, DIGITS_MODEL, load_rows, training_args
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, noise_influence
-
-from overhead import CIFAR, DIGITS_MODEL, TensorRows, load_rows, training_args  # noqa: E402  (run as a script)
+from nullspace_hf.data import TensorRows
 
 SCHEDULES = {  # name: (what it is, NullspaceConfig overrides)
     "paper": ("fresh U(-3, 3) every round", {"noise_warm_start": False, "noise_init_limit": 3.0,

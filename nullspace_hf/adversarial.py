@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .evaluation.pixels import PixelTransform
+from .hub import ModelCardMixin
 from .modeling import frozen_eval
 
 ADVERSARIAL_METHODS = ("madry", "trades")
@@ -173,7 +174,7 @@ def trades_loss(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tens
     return F.cross_entropy(logits, labels) + beta * robust, logits
 
 
-class AdversarialTrainer(Trainer):
+class AdversarialTrainer(ModelCardMixin, Trainer):
     """A ``transformers.Trainer`` for PGD adversarial fine-tuning (Madry or TRADES), the baselines of Table 3.
 
     The attack needs to know what one pixel is in the model's input: pass the image processor as
@@ -187,6 +188,7 @@ class AdversarialTrainer(Trainer):
         **kwargs: any other ``transformers.Trainer`` argument.
     """
 
+    _tag_names = ["adversarial-training", "robustness", "vision-transformer", "image-classification"]
     loss_is_scaled_for_ga = False
 
     def __init__(self, model: PreTrainedModel | None = None, args: AdversarialConfig | None = None,

@@ -13,6 +13,7 @@ from .applications.cli import add_watermark_parser
 from .evaluation.cli import add_evaluate_parser
 from .linalg import patch_embedding_nullspace
 from .modeling import load_model
+from .parsing import run_command
 
 
 def inspect_models(models: Sequence[str], rtol: float | None = None, num_singular: int = 3) -> list[dict]:
@@ -130,12 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return finetune(argv[1:])
     args = make_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ValueError as error:
-        print(f"nullspace-hf {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(f"nullspace-hf {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,19 @@
-"""Datasets that need no download: the embedded default (scikit-learn's digits)."""
+"""Image-classification data: loading by name or path, column checks, transforms, and the embedded digits.
+
+One loader serves the main job, the evaluation and the CIFAR-10 reproduction: :func:`load_image_dataset`
+(all splits) and :func:`load_split` (one split); :func:`find_columns` and
+:func:`check_image_classification_columns` answer which columns hold the images and labels.
+"""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_from_disk
+
+DATA_FILE_BUILDERS = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json", "arrow": "arrow"}
 
 
 def digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> DatasetDict:
@@ -38,18 +48,27 @@ def digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> DatasetDict:
     return DatasetDict({"train": split(train_idx), "test": split(test_idx)})
 
 
+def _builder(path: str) -> str | None:
+    return DATA_FILE_BUILDERS.get(str(path).rsplit(".", 1)[-1].lower())
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, marker)) for marker in ("dataset_info.json", "dataset_dict.json"))
+
+
 def load_image_dataset(
     dataset_name: str | None = None,
     dataset_config: str | None = None,
     data_files: str | dict[str, str] | None = None,
     train_dir: str | None = None,
 ) -> DatasetDict:
-    """Load an image-classification dataset by Hub name, local files or an image folder.
+    """Load an image-classification dataset by Hub name, local files or a folder.
 
     Exactly one source is used: ``train_dir`` (an ``imagefolder`` tree, class per sub-folder),
     ``data_files`` (parquet/csv/json/arrow files, or a ``{"train": ..., "test": ...}`` mapping; the
-    builder is inferred from the extension), ``dataset_name`` (a Hub id or a local dataset
-    script/folder), or none of them: scikit-learn's digits (:func:`digits_dataset`).
+    builder is inferred from the extension), ``dataset_name`` (``"digits"``, a Hub id, a directory
+    written by ``save_to_disk``, an image folder, or a data file), or none of them: scikit-learn's
+    digits (:func:`digits_dataset`).
 
     Raises:
         ValueError: the source cannot be loaded, with what to fix.
@@ -62,15 +81,24 @@ def load_image_dataset(
         raise ValueError(f"Give one dataset source, not {' and '.join(sources)}.")
     if not sources or dataset_name == "digits":
         return digits_dataset()
+    if dataset_name and os.path.isdir(dataset_name):
+        dataset_name, train_dir = (dataset_name, None) if _is_saved_dataset(dataset_name) else (None, dataset_name)
+    elif dataset_name and os.path.isfile(dataset_name) and _builder(dataset_name):
+        dataset_name, data_files = None, dataset_name
+    elif dataset_name and (os.path.exists(dataset_name) or dataset_name.startswith((os.sep, ".", "~"))):
+        problem = "is a file of unknown format" if os.path.exists(dataset_name) else "does not exist"
+        raise ValueError(f"Could not load the dataset {dataset_name!r}: it {problem}; give a dataset directory, an "
+                         "image folder, a .parquet/.csv/.json/.arrow file or a Hub id.")
     try:
-        if train_dir:
+        if dataset_name and os.path.isdir(dataset_name):
+            loaded = load_from_disk(dataset_name)
+        elif train_dir:
             loaded = load_dataset("imagefolder", data_dir=train_dir)
         elif data_files:
             files = data_files if isinstance(data_files, dict) else {"train": data_files}
             first = next(iter(files.values()))
             first = first[0] if isinstance(first, list) else first
-            builder = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json", "arrow": "arrow"}.get(
-                str(first).rsplit(".", 1)[-1].lower())
+            builder = _builder(first)
             if builder is None:
                 raise ValueError(f"cannot tell the format of {first!r}: use .parquet, .csv, .json(l) or .arrow files")
             loaded = load_dataset(builder, data_files=files)
@@ -84,6 +112,64 @@ def load_image_dataset(
     return loaded
 
 
+def load_split(name_or_path: str, split: str = "test") -> Dataset:
+    """One split of a dataset named as :func:`load_image_dataset`'s ``dataset_name`` takes it.
+
+    A source with a single split (a data file, an image folder without split folders) gives that split
+    whatever ``split`` says.
+
+    Raises:
+        ValueError: nothing loadable there, or no such split (the message lists the splits).
+    """
+    loaded = load_image_dataset(dataset_name=name_or_path)
+    if split in loaded:
+        return loaded[split]
+    if len(loaded) == 1:
+        return next(iter(loaded.values()))
+    raise ValueError(f"{name_or_path!r} has no split {split!r}: choose from {', '.join(loaded)}.")
+
+
+def find_columns(dataset: Dataset, image_column: str | None = None, label_column: str | None = None) -> tuple[str, str]:
+    """The image and label column names: the given ones, else ``image``/``img`` and ``label``/``labels``,
+    else the first ``Image`` and the first ``ClassLabel`` feature.
+
+    Raises:
+        ValueError: a column is missing (the message lists the dataset's columns).
+    """
+    features = dataset.features
+
+    def pick(given: str | None, names: tuple[str, ...], kind: type, what: str) -> str:
+        if given is not None:
+            if given not in features:
+                raise ValueError(f"The dataset has no {what} column {given!r}; its columns are {list(features)}. "
+                                 f"Pass --{what}_column with the right name.")
+            return given
+        for name in names:
+            if name in features:
+                return name
+        for name, feature in features.items():
+            if isinstance(feature, kind):
+                return name
+        raise ValueError(f"No {what} column found among {', '.join(features) or 'no columns'}: "
+                         f"name it with {what}_column=.")
+
+    return (pick(image_column, ("image", "img", "pixel_values"), Image, "image"),
+            pick(label_column, ("label", "labels"), ClassLabel, "label"))
+
+
+class TensorRows(torch.utils.data.Dataset):
+    """``{"pixel_values", "labels"}`` rows over two tensors: images already processed for the model."""
+
+    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> None:
+        self.pixel_values, self.labels = pixel_values, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+
 def check_image_classification_columns(dataset: Dataset, image_column: str, label_column: str) -> list[str]:
     """Check that ``dataset`` has an image column and an integer label column; return the class names.
 
@@ -93,13 +179,7 @@ def check_image_classification_columns(dataset: Dataset, image_column: str, labe
     """
     from datasets import Value
 
-    columns = dataset.column_names
-    for role, column in (("image", image_column), ("label", label_column)):
-        if column not in columns:
-            raise ValueError(
-                f"The dataset has no {role} column {column!r}; its columns are {columns}. "
-                f"Pass --{role}_column with the right name."
-            )
+    image_column, label_column = find_columns(dataset, image_column, label_column)
     if not isinstance(dataset.features[image_column], Image):
         raise ValueError(
             f"Column {image_column!r} holds {dataset.features[image_column]}, not images: pass --image_column with "
@@ -213,8 +293,6 @@ class ImageClassificationTransform:
 
 def collate_image_classification(rows: list[dict]) -> dict:
     """Stack ``pixel_values`` and ``labels`` of transformed rows into a batch."""
-    import torch
-
     return {
         "pixel_values": torch.stack([row["pixel_values"] for row in rows]),
         "labels": torch.tensor([int(row["labels"]) for row in rows]),

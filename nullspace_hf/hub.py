@@ -11,15 +11,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 RESULTS_FILE = "results.json"
-CARD_TAGS = ["nullspace", "robustness", "vision-transformer", "image-classification"]
-# The card lists every field NullspaceConfig adds to TrainingArguments, and these of TrainingArguments.
+# The card lists every field its config class adds to TrainingArguments, and these of TrainingArguments.
 TRAINING_HYPERPARAMETERS = ("learning_rate", "max_steps", "per_device_train_batch_size", "seed",
                             "label_smoothing_factor")
+FRAMEWORKS = ("nullspace-hf", "transformers", "torch", "accelerate", "datasets")
 
 
-def hyperparameter_names() -> tuple[str, ...]:
-    """The settings a model card lists: the fields of ``NullspaceConfig`` not in ``TrainingArguments``, then
-    :data:`TRAINING_HYPERPARAMETERS`."""
+def hyperparameter_names(config_class: type | None = None) -> tuple[str, ...]:
+    """The settings a model card lists: the fields ``config_class`` (default ``NullspaceConfig``) adds to
+    ``TrainingArguments``, then :data:`TRAINING_HYPERPARAMETERS`."""
     from dataclasses import fields
 
     from transformers import TrainingArguments
@@ -27,20 +27,31 @@ def hyperparameter_names() -> tuple[str, ...]:
     from .config import NullspaceConfig
 
     inherited = {f.name for f in fields(TrainingArguments)}
-    return tuple(f.name for f in fields(NullspaceConfig) if f.name not in inherited) + TRAINING_HYPERPARAMETERS
+    added = tuple(f.name for f in fields(config_class or NullspaceConfig) if f.name not in inherited)
+    return added + TRAINING_HYPERPARAMETERS
+
+
+def framework_versions() -> dict[str, str]:
+    """The installed versions of the libraries a card names."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in FRAMEWORKS:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+PAPER_CITATION = """@article{liu2024approximate,
+  title={Approximate Nullspace Augmented Finetuning for Robust Vision Transformers},
+  author={Liu, Haoyang and Singh, Aditya and Li, Yijiang and Wang, Haohan},
+  journal={arXiv preprint},
+  year={2024}
+}"""
 PUSH_EXCLUDE = ("checkpoint-*/*", "corruption_cache/*")
 SUMMARY_METRICS = {"clean": "Clean accuracy", "fgsm": "FGSM accuracy", "corruption": "Mean corruption accuracy"}
-
-
-def summarize_report(report: dict[str, Any]) -> dict[str, float]:
-    """Headline numbers of a ``RobustnessReport.to_dict()``: clean, each attack, mean corruption accuracy."""
-    summary = {"clean": report["clean_accuracy"]}
-    for name, attack in report.get("attacks", {}).items():
-        summary[name] = attack["accuracy"]
-    accuracies = [value for by_severity in report.get("corruptions", {}).values() for value in by_severity.values()]
-    if accuracies:
-        summary["corruption"] = sum(accuracies) / len(accuracies)
-    return summary
 
 
 def noise_rounds_table(noise_history: list[dict[str, Any]]) -> str:
@@ -55,9 +66,9 @@ def noise_rounds_table(noise_history: list[dict[str, Any]]) -> str:
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown table of the ``before``/``after`` summaries in ``results.json``."""
-    runs = {name: summarize_report(report) for name, report in results.items() if isinstance(report, dict)
-            and "clean_accuracy" in report}
+    """Markdown table of the ``summary`` of every report in ``results.json`` (``before``, ``after``, ...)."""
+    runs = {name: report["summary"] for name, report in results.items() if isinstance(report, dict)
+            and "summary" in report}
     if not runs:
         return ""
     metrics = list(dict.fromkeys(metric for summary in runs.values() for metric in summary))
@@ -66,10 +77,31 @@ def results_table(results: dict[str, Any]) -> str:
     for name, summary in runs.items():
         lines.append(f"| {name} | " + " | ".join("–" if summary.get(m) is None else f"{summary[m]:.2f}"
                                                for m in metrics) + " |")
-    first = next(iter(runs.values()))
     samples = results.get("after", results.get(next(iter(runs)), {})).get("num_samples")
     note = f"Accuracies in % on {samples} held-out images." if samples else "Accuracies in %."
-    return "\n".join(lines) + "\n\n" + note + (" FGSM uses ε = 1/255 in [0, 1] pixel space." if "fgsm" in first else "")
+    if "fgsm" in metrics:
+        note += " FGSM uses ε = 1/255 in [0, 1] pixel space."
+    return "\n".join(lines) + "\n\n" + note + _change_sentence(runs)
+
+
+def _change_sentence(runs: dict[str, dict[str, float]]) -> str:
+    """What the table shows, in words: each metric's change from ``before`` to ``after`` (no claim beyond it)."""
+    before, after = runs.get("before"), runs.get("after")
+    if not before or not after:
+        return ""
+    changes = [f"{SUMMARY_METRICS.get(m, m.upper() + ' accuracy').lower()} {before[m]:.2f} → {after[m]:.2f} "
+               f"({after[m] - before[m]:+.2f})" for m in after if m in before]
+    return " From before to after fine-tuning: " + "; ".join(changes) + ". One run, one seed: a change of a point " \
+        "or two is within what another seed gives."
+
+
+METHODS = {
+    "nullspace": "approximate nullspace augmented fine-tuning",
+    "random": "random ε-noise fine-tuning (the paper's Table 4 baseline)",
+    "none": "plain fine-tuning (the paper's vanilla baseline)",
+    "madry": "PGD adversarial fine-tuning (Madry et al.; the paper's Table 3 baseline)",
+    "trades": "TRADES adversarial fine-tuning (the paper's Table 3 baseline)",
+}
 
 
 def build_model_card(
@@ -83,26 +115,32 @@ def build_model_card(
     dataset_name: str | None = None,
     dataset_id: str | None = None,
     citation: str = "",
+    tags: tuple[str, ...] | list[str] = (),
+    license: str | None = None,
 ) -> ModelCard:
-    """A model card from the package's template: card data with ``model-index``, results, noise statistics.
+    """A model card from the package's template: card data with ``model-index``, results, settings, noise statistics.
 
     Args:
         model_name: title of the card (usually the repository name).
-        repo_id: ``user/name`` used in the loading snippet.
-        args: the ``NullspaceConfig`` of the run (its noise settings are listed).
+        repo_id: what ``from_pretrained`` takes in the loading snippet: the Hub id, or the local directory.
+        args: the run's config (``NullspaceConfig`` or ``AdversarialConfig``); the fields it adds to
+            ``TrainingArguments`` are listed.
         noise_history: one dict per round (``round, step, norm, steps, forward_steps, start_mse_prob, mse_prob,
-            reached, budget_hit``).
-        results: the contents of ``results.json`` (``{"before": report, "after": report}``), if any.
+            reached, budget_hit``); empty without noise.
+        results: the contents of ``results.json`` (``{"before": report, "after": report}``, each with a
+            ``summary``), if any.
         base_model: the checkpoint that was fine-tuned: a Hub id (linked, and the card's ``base_model``) or
             a local path (named only).
         dataset_name: the fine-tuning dataset's name, as shown in the card.
         dataset_id: the dataset's Hub id, for the card's ``datasets`` metadata (none for local data).
         citation: BibTeX of the paper.
+        tags: the card's tags (the trainer's ``_tag_names``).
+        license: the card's license (an SPDX id such as ``apache-2.0``); none: the base model's applies.
     """
     eval_results = []
     after = (results or {}).get("after")
-    if after:
-        for metric, value in summarize_report(after).items():
+    if after and "summary" in after:
+        for metric, value in after["summary"].items():
             eval_results.append(EvalResult(
                 task_type="image-classification", dataset_type=dataset_id or dataset_name or after.get("dataset", "unknown"),
                 dataset_name=dataset_name or after.get("dataset", "unknown"), dataset_split="test",
@@ -113,21 +151,22 @@ def build_model_card(
     if hub_base:
         base_model_text = f"[{hub_base}](https://huggingface.co/{hub_base})"
     else:
-        base_model_text = f"`{os.path.basename(os.path.normpath(base_model))}`" if base_model else "a Vision Transformer"
+        base_model_text = (f"the local checkpoint `{os.path.basename(os.path.normpath(base_model))}`" if base_model
+                           else "a Vision Transformer")
     card_data = ModelCardData(
         model_name=model_name, base_model=hub_base, datasets=[dataset_id] if dataset_id else None,
-        tags=CARD_TAGS, library_name="transformers", pipeline_tag="image-classification",
+        tags=list(tags), library_name="transformers", pipeline_tag="image-classification", license=license,
         eval_results=eval_results or None,
     )
-    hyperparameters = {key: getattr(args, key) for key in hyperparameter_names() if hasattr(args, key)}
-    method = {"nullspace": "approximate nullspace augmented fine-tuning", "random": "random ε-noise fine-tuning "
-              "(the paper's Table 4 baseline)", "none": "plain fine-tuning (the paper's vanilla baseline)"}
+    mode = getattr(args, "adversarial_method", None) or getattr(args, "noise_mode", "nullspace")
+    hyperparameters = {key: getattr(args, key) for key in hyperparameter_names(type(args)) if hasattr(args, key)}
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=model_name, repo_id=repo_id,
-        base_model_text=base_model_text, dataset_name=dataset_name, method_name=method.get(getattr(args, "noise_mode", "nullspace"), "fine-tuning"),
-        refresh_steps=getattr(args, "noise_refresh_steps", 40), results_table=results_table(results or {}),
-        hyperparameters=hyperparameters, noise_rounds=noise_history,
+        base_model_text=base_model_text, dataset_name=dataset_name, method_name=METHODS.get(mode, "fine-tuning"),
+        noise_method=mode in ("nullspace", "random"), refresh_steps=getattr(args, "noise_refresh_steps", 40),
+        results_table=results_table(results or {}), hyperparameters=hyperparameters, noise_rounds=noise_history,
         noise_table=noise_rounds_table(noise_history) if noise_history else "", citation=citation,
+        license=license, frameworks=framework_versions(),
     )
 
 
@@ -135,6 +174,38 @@ def read_results(output_dir: str) -> dict[str, Any] | None:
     """The ``results.json`` of an output directory, if there is one."""
     path = Path(output_dir) / RESULTS_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+class ModelCardMixin:
+    """``create_model_card`` for this package's trainers (TRL's pattern): the class's ``_tag_names`` are the
+    card's tags and the model's ``model_tags``, the paper is cited, and the card is written from
+    :func:`build_model_card`. Mix in before ``transformers.Trainer``."""
+
+    _tag_names: list[str] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          dataset_id: str | None = None, license: str | None = None, **kwargs: Any) -> None:
+        """Write ``README.md`` in ``output_dir``: settings, every noise round, the results of
+        ``output_dir/results.json`` (as a ``model-index``) when present, and a loading snippet with the Hub id
+        (``hub_model_id``) or, without one, the local directory. ``Trainer.push_to_hub`` calls it before uploading.
+        """
+        if not self.is_world_process_zero():
+            return
+        output_dir = self.args.output_dir
+        repo_id = self.args.hub_model_id or output_dir
+        card = build_model_card(
+            model_name=model_name or os.path.basename(os.path.normpath(repo_id)), repo_id=repo_id, args=self.args,
+            noise_history=getattr(self, "noise_history", []), results=read_results(output_dir),
+            base_model=getattr(self.model.config, "_name_or_path", None) or None,
+            dataset_name=dataset_name or kwargs.get("dataset"), dataset_id=dataset_id, citation=PAPER_CITATION,
+            tags=self._tag_names, license=license,
+        )
+        card.save(os.path.join(output_dir, "README.md"))
 
 
 class HubPushError(RuntimeError):

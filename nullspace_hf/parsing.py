@@ -1,9 +1,10 @@
-"""Command-line parsing for the recipes: ``HfArgumentParser`` with a ``--config`` YAML file."""
+"""Command lines: ``HfArgumentParser`` with a ``--config`` file, and user errors as one line and exit status 2."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
@@ -44,3 +45,22 @@ def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[An
             raise ValueError(f"--config {known.config!r} has unknown arguments: {', '.join(unknown)}.")
         parser.set_defaults(**values)
     return tuple(parser.parse_args_into_dataclasses(rest))[: len(parser.dataclass_types)]
+
+
+def run_command(prog: str, job: Callable[[], Any], errors: tuple[type[BaseException], ...] = (ValueError,)) -> int:
+    """Run ``job`` and return the exit status: 0, or 2 after one line ``prog: error: ...`` on stderr for ``errors``.
+
+    Under several processes only the main one prints. The process group, if one was opened, is closed on
+    the way out: under torchrun an open gloo/NCCL group sometimes aborts the process at exit.
+    """
+    from accelerate import PartialState
+
+    try:
+        job()
+    except errors as error:
+        if PartialState().is_main_process:
+            print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        PartialState().destroy_process_group()
+    return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,13 +18,20 @@ from transformers.utils import logging
 
 from .augment import BatchAugmentation, augmentation_requested
 from .callbacks import EMACallback
-from .checkpoint import EMA_FILE, HISTORY_FILE, NOISE_FILE, NoiseState, load_noise_state, resolve_checkpoint, \
-    save_noise_state
+from .checkpoint import (
+    EMA_FILE,
+    HISTORY_FILE,
+    NOISE_FILE,
+    NoiseState,
+    load_noise_state,
+    resolve_checkpoint,
+    save_noise_state,
+)
 from .checks import NonFiniteError, check_finite_weights, check_output_dir, check_writable
 from .config import NullspaceConfig
 from .data import check_label_range
 from .evaluation.pixels import PixelTransform
-from .hub import build_model_card, read_results
+from .hub import ModelCardMixin
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
 
 __all__ = ["EMA_FILE", "HISTORY_FILE", "NOISE_FILE", "NullspaceTrainer"]
@@ -33,14 +39,6 @@ DIVERGED = ("training diverged and this model is not saved; lower learning_rate,
             "checkpoint.")
 
 logger = logging.get_logger(__name__)
-
-PAPER_CITATION = """@article{liu2024approximate,
-  title={Approximate Nullspace Augmented Finetuning for Robust Vision Transformers},
-  author={Liu, Haoyang and Singh, Aditya and Li, Yijiang and Wang, Haohan},
-  journal={arXiv preprint},
-  year={2024}
-}"""
-
 
 class _RoundSampler(Sampler[int]):
     """A reproducible shuffle of this rank's share of the dataset for round ``k``, pass ``p``.
@@ -86,7 +84,7 @@ class _StreamLoader(DataLoader):
             yield batch
 
 
-class NullspaceTrainer(Trainer):
+class NullspaceTrainer(ModelCardMixin, Trainer):
     """A ``transformers.Trainer`` that fine-tunes a ViT on CE(clean) + w·CE(clean + ṽ) (Eq. 6, Algorithm 1).
 
     At step 0 and every ``noise_refresh_steps`` optimizer steps, a new encoder-level noise ṽ of shape
@@ -114,11 +112,6 @@ class NullspaceTrainer(Trainer):
     """
 
     _tag_names = ["nullspace", "robustness", "vision-transformer", "image-classification"]
-    _name = "Nullspace"
-    _paper = {
-        "title": "Approximate Nullspace Augmented Finetuning for Robust Vision Transformers",
-        "citation": PAPER_CITATION,
-    }
     # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
@@ -436,28 +429,6 @@ class NullspaceTrainer(Trainer):
         if self.args.should_save:
             self._save_noise_state(output_dir if output_dir is not None else self.args.output_dir,
                                    with_ema=_internal_call)
-
-    # ---- model card ----
-
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
-                          dataset_id: str | None = None, **kwargs: Any) -> None:
-        """Write ``README.md`` in ``output_dir`` from the nullspace model-card template.
-
-        The card holds the noise settings, every round's noise statistics, the robustness results of
-        ``output_dir/results.json`` (as a ``model-index``) when present, and a loading snippet.
-        ``Trainer.push_to_hub`` calls it before uploading.
-        """
-        if not self.is_world_process_zero():
-            return
-        output_dir = self.args.output_dir
-        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
-        base_model = getattr(self.model.config, "_name_or_path", None) or None
-        card = build_model_card(
-            model_name=model_name or repo_id.split("/")[-1], repo_id=repo_id, args=self.args,
-            noise_history=self.noise_history, results=read_results(output_dir), base_model=base_model,
-            dataset_name=dataset_name or kwargs.get("dataset"), dataset_id=dataset_id, citation=PAPER_CITATION,
-        )
-        card.save(os.path.join(output_dir, "README.md"))
 
     # ---- checkpoint state ----
 

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch.utils.data import Dataset
 from transformers import TrainerCallback, ViTConfig, ViTForImageClassification, ViTImageProcessor
 from transformers.utils import logging as hf_logging
 
@@ -41,7 +40,7 @@ from nullspace_hf.applications import (
 )
 from nullspace_hf.applications.nullspace_fit import nullspace_least_squares, pixel_nullspace
 from nullspace_hf.applications.pixels import PixelSpace
-from nullspace_hf.data import digits_dataset
+from nullspace_hf.data import TensorRows, digits_dataset
 from nullspace_hf.modeling import patch_projection
 
 CIFAR_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -50,19 +49,6 @@ PICTURES_VIT = dict(image_size=64, patch_size=16, hidden_size=192, num_hidden_la
                     intermediate_size=384)
 FINGERPRINT_VIT = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=128)
-
-
-class TensorRows(Dataset):
-    """``{"pixel_values", "labels"}`` rows over two tensors."""
-
-    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> None:
-        self.pixel_values, self.labels = pixel_values, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"pixel_values": self.pixel_values[index], "labels": int(self.labels[index])}
 
 
 def tiny_vit(labels: list[str], seed: int, architecture: dict) -> ViTForImageClassification:

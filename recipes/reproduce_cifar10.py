@@ -34,7 +34,6 @@ import matplotlib.pyplot as plt
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from pretrain import PretrainArguments, pretrain
 from transformers import AutoImageProcessor, HfArgumentParser, TrainingArguments, ViTForImageClassification, set_seed
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
@@ -44,11 +43,12 @@ from nullspace_hf.data import (
     ImageClassificationTransform,
     check_image_classification_columns,
     collate_image_classification,
-    load_image_dataset,
+    load_split,
 )
-from nullspace_hf.evaluation import evaluate_robustness
+from nullspace_hf.evaluation import RobustnessReport, evaluate_robustness
 from nullspace_hf.evaluation.metrics import mean_corruption_error
-from nullspace_hf.hub import summarize_report
+from nullspace_hf.parsing import run_command
+from nullspace_hf.scripts.pretrain import PretrainArguments, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10"
@@ -202,12 +202,7 @@ def plan_runs(args: ReproduceArguments) -> list[RunSpec]:
 
 def _load_split(path: str, args: ReproduceArguments) -> tuple[Dataset, list[str]]:
     """One parquet file or image folder, checked, with its class names."""
-    source = Path(path)
-    if source.is_dir():
-        data = load_image_dataset(None, None, None, str(source))
-    else:
-        data = load_image_dataset(None, None, {"train": str(source)}, None)
-    split = data["train"]
+    split = load_split(path, "train")
     return split, check_image_classification_columns(split, args.image_column, args.label_column)
 
 
@@ -282,7 +277,7 @@ def _round_metrics(processor: Any, test: Dataset, args: ReproduceArguments):
     subset = test.select(range(min(args.round_eval_samples, len(test))))
 
     def measure(model: torch.nn.Module) -> dict[str, float]:
-        return summarize_report(_robustness(model, processor, subset, args, severities=[3], attacks=("fgsm",)))
+        return _robustness(model, processor, subset, args, severities=[3], attacks=("fgsm",))["summary"]
 
     return measure
 
@@ -365,7 +360,7 @@ def relative_ce(report: dict[str, Any], reference: dict[str, Any]) -> float | No
 
 def run_metrics(result: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
     """The table columns of one run."""
-    summary = summarize_report(result["report"])
+    summary = RobustnessReport.from_dict(result["report"]).summary()
     history = result.get("noise_history") or []
     return {"clean": summary["clean"], "fgsm": summary.get("fgsm", math.nan), "pgd": summary.get("pgd", math.nan),
             "corruption": summary.get("corruption", math.nan),
@@ -649,13 +644,8 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
 
 def cli(argv: list[str]) -> int:
     """Parse the arguments and run; bad input ends with one line on stderr and exit status 2."""
-    try:
-        (args,) = HfArgumentParser(ReproduceArguments).parse_args_into_dataclasses(argv)
-        main(args)
-    except ValueError as error:
-        print(f"reproduce_cifar10.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command("reproduce_cifar10.py",
+                       lambda: main(*HfArgumentParser(ReproduceArguments).parse_args_into_dataclasses(argv)))
 
 
 if __name__ == "__main__":

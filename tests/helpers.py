@@ -57,19 +57,6 @@ def save_tiny_model(path, family: str = "vit", **overrides):
 
 
 
-class DictDataset(torch.utils.data.Dataset):
-    """A map-style dataset of ``{"pixel_values", "labels"}`` rows over two tensors."""
-
-    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> None:
-        self.pixel_values, self.labels = pixel_values, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
-
-
 def digits_tensors(split: str = "train", image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn digits as normalised ``(N, 3, size, size)`` tensors and labels (no download)."""
     from nullspace_hf.data import digits_dataset

@@ -15,9 +15,10 @@ from nullspace_hf.adversarial import (
     pgd_perturb,
     trades_loss,
 )
+from nullspace_hf.data import TensorRows
 from nullspace_hf.evaluation.pixels import PixelSpaceClassifier, PixelTransform
 
-from .helpers import DictDataset, digits_tensors, make_tiny_model, train_briefly
+from .helpers import digits_tensors, make_tiny_model, train_briefly
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,7 +102,7 @@ def _args(tmp_path, cls=AdversarialConfig, **overrides):
 def test_trades_with_beta_zero_is_plain_training(tmp_path):
     """TRADES = CE(clean) + β·KL: with β = 0 it trains exactly like a plain Trainer."""
     pixels, labels = digits_tensors("train", image_size=32)
-    data = DictDataset(pixels[:96], labels[:96])
+    data = TensorRows(pixels[:96], labels[:96])
     weights = []
     for trainer_class, args in ((Trainer, _args(tmp_path / "plain", TrainingArguments)),
                                 (AdversarialTrainer, _args(tmp_path / "trades", adversarial_method="trades",
@@ -118,7 +119,7 @@ def test_adversarial_training_raises_pgd_accuracy(tmp_path, method):
     """Trained on PGD examples, the model resists PGD better than the same model trained on clean images."""
     pixels, labels = digits_tensors("train", image_size=32)
     test_pixels, test_labels = digits_tensors("test", image_size=32)
-    data = DictDataset(pixels, labels)
+    data = TensorRows(pixels, labels)
     epsilon = 8 / 255
     transform = PixelTransform.from_processor(PROCESSORS["vit-default"], 3)
     box = InputBox.from_transform(transform)

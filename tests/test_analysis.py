@@ -17,8 +17,9 @@ from nullspace_hf.analysis import (
     regularization_sweep,
     scaling_curve,
 )
+from nullspace_hf.data import TensorRows
 
-from .helpers import DictDataset, digits_tensors, make_tiny_model
+from .helpers import digits_tensors, make_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +92,7 @@ def test_round_metrics_callback_records_every_round(tmp_path):
                            noise_refresh_steps=2, noise_max_steps=10, report_to="none", save_strategy="no",
                            disable_tqdm=True)
     trainer = NullspaceTrainer(model=make_tiny_model(num_labels=10), args=args,
-                               train_dataset=DictDataset(pixels[:64], labels[:64]), callbacks=[tracker])
+                               train_dataset=TensorRows(pixels[:64], labels[:64]), callbacks=[tracker])
     trainer.train()
     assert [r["step"] for r in tracker.records] == [0, 2, 4, 5]
     assert [r["round"] for r in trainer.noise_history] == [0, 1, 2]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from transformers import ViTImageProcessor
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.augment import BatchAugmentation, soft_targets
+from nullspace_hf.data import TensorRows
 from nullspace_hf.evaluation.pixels import PixelTransform
 
-from .helpers import DictDataset, digits_tensors, make_tiny_model
+from .helpers import digits_tensors, make_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,7 +26,7 @@ AUGMENTATION_FIELDS = ("crop_min_scale", "horizontal_flip_prob", "rand_augment_o
 @pytest.fixture(scope="module")
 def dataset():
     pixels, labels = digits_tensors("train")
-    return DictDataset(pixels[:64], labels[:64])
+    return TensorRows(pixels[:64], labels[:64])
 
 
 def _config(tmp_path, **overrides) -> NullspaceConfig:

@@ -1,4 +1,4 @@
-"""The ``nullspace-hf evaluate`` door and ``recipes/evaluate.py`` under ``accelerate launch``."""
+"""The ``nullspace-hf evaluate`` door, also under ``accelerate launch -m nullspace_hf.cli evaluate``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from nullspace_hf.data import digits_dataset
 
 from .helpers import free_port, save_tiny_model
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "evaluate.py"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,7 +73,8 @@ def test_two_processes_count_each_sample_once(saved, tmp_path, capsys):
               "--severities", "2", "--batch-size", "8", "--no-progress"]
     launched = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(RECIPE), str(saved / "model"),
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "nullspace_hf.cli", "evaluate",
+         str(saved / "model"),
          *common, "--output", str(tmp_path / "two.json")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

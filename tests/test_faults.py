@@ -21,9 +21,9 @@ from transformers import TrainerCallback
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.checkpoint import HISTORY_FILE, NOISE_FILE
 from nullspace_hf.config import launched_without_accelerator
-from nullspace_hf.data import ImageClassificationTransform, collate_image_classification, digits_dataset
+from nullspace_hf.data import ImageClassificationTransform, TensorRows, collate_image_classification, digits_dataset
 
-from .helpers import RECIPE, DictDataset, digits_tensors, hub_env, make_tiny_model, recipe_args, run_recipe
+from .helpers import RECIPE, digits_tensors, hub_env, make_tiny_model, recipe_args, run_recipe
 from .hub_server import LoopbackHub
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,7 +34,7 @@ MODEL = dict(num_labels=10, image_size=16, patch_size=4, initializer_range=0.2)
 @pytest.fixture(scope="module")
 def rows():
     pixels, labels = digits_tensors("train")
-    return DictDataset(pixels[:64], labels[:64])
+    return TensorRows(pixels[:64], labels[:64])
 
 
 def _config(output_dir: Path, **overrides) -> NullspaceConfig:
@@ -324,7 +324,7 @@ def test_a_label_out_of_range_in_a_torch_dataset_is_a_clear_error(tmp_path, rows
     pixels, labels = rows.pixel_values.clone(), rows.labels.clone()
     labels[3] = 10
     with pytest.raises(ValueError, match="A training label is outside 0..9"):
-        _trainer(tmp_path / "out", DictDataset(pixels, labels), noise_mode="none").train()
+        _trainer(tmp_path / "out", TensorRows(pixels, labels), noise_mode="none").train()
 
 
 # ---- resume validates the checkpoint before any work ----
@@ -452,7 +452,7 @@ def test_api_errors_are_one_clear_error_before_any_step(tmp_path, rows, case, me
     dataset = _digits_with_transform()
     output = tmp_path / "out"
     if case == "empty":
-        dataset = DictDataset(rows.pixel_values[:0], rows.labels[:0])
+        dataset = TensorRows(rows.pixel_values[:0], rows.labels[:0])
     elif case == "missing-image-column":
         dataset = _digits_with_transform(image_column="picture")
     elif case == "columns-removed":

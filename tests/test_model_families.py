@@ -39,10 +39,10 @@ from transformers.utils import is_timm_available
 
 import nullspace_hf.trainer as trainer_module
 from nullspace_hf import NoiseInjector, NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace, synthesize_noise
-from nullspace_hf.data import ImageClassificationTransform, collate_image_classification, digits_dataset
+from nullspace_hf.data import ImageClassificationTransform, TensorRows, collate_image_classification, digits_dataset
 from nullspace_hf.modeling import patch_embedding
 
-from .helpers import DictDataset, digits_tensors, train_briefly
+from .helpers import digits_tensors, train_briefly
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -222,7 +222,7 @@ def test_two_noise_rounds_train_each_family(tmp_path, family):
     """Both rounds synthesise a (num_patches, hidden) noise just inside ε; the hook adds it to the patch tokens."""
     model = copy.deepcopy(_trained(family))
     pixels, labels = _digits()
-    data = DictDataset(pixels[:256], labels[:256])
+    data = TensorRows(pixels[:256], labels[:256])
     trainer = NullspaceTrainer(model=model, args=_config(tmp_path), train_dataset=data)
     trainer.train()
     assert [record["round"] for record in trainer.noise_history] == [0, 1]

@@ -66,8 +66,9 @@ def test_paper_configs_parse_and_build_a_trainer(recipe, tmp_path, config):
     from transformers import ViTImageProcessor
 
     from nullspace_hf import NullspaceTrainer
+    from nullspace_hf.data import TensorRows
 
-    from .helpers import DictDataset, make_tiny_model
+    from .helpers import make_tiny_model
 
     script, training = parse_with_config(recipe.make_parser(), ["--config", str(config), "--use_cpu", "true",
                                                                 "--output_dir", str(tmp_path / "out")])
@@ -75,7 +76,7 @@ def test_paper_configs_parse_and_build_a_trainer(recipe, tmp_path, config):
     assert training.train_ratio == pytest.approx(0.004) and training.num_train_epochs == 20
     assert (training.noise_init_limit, training.noise_warm_start, training.noise_max_steps) == (3.0, False, 3000)
     # the Hub checkpoint and ImageNet replaced by a tiny ViT and 500 random images (train_ratio 0.004: 2 samples)
-    dataset = DictDataset(torch.randn(500, 3, 32, 32), torch.randint(0, 3, (500,)))
+    dataset = TensorRows(torch.randn(500, 3, 32, 32), torch.randint(0, 3, (500,)))
     trainer = NullspaceTrainer(model=make_tiny_model(), args=training, train_dataset=dataset,
                                processing_class=ViTImageProcessor(size={"height": 32, "width": 32}))
     assert trainer.augmentation is not None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nullspace_hf.data import digits_dataset
+from nullspace_hf.evaluation import RobustnessReport
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -97,10 +98,15 @@ def test_plan_has_every_method_seed_and_ablation(recipe, parquet_data, tmp_path)
     assert {run.eps for run in runs if run.method in ("madry", "trades", "vanilla")} == {0.03}
 
 
+def _report(clean: float, attacks: dict | None = None, corruptions: dict | None = None) -> dict:
+    """A report as the recipe caches it (``RobustnessReport.to_dict()``)."""
+    return RobustnessReport(model="m", dataset="d", num_samples=10, clean_accuracy=clean, attacks=attacks or {},
+                            corruptions=corruptions or {}).to_dict()
+
+
 def test_tables_aggregate_seeds_and_relative_ce(recipe):
-    reference = {"clean_accuracy": 50.0, "attacks": {}, "corruptions": {"fog": {1: 60.0, 2: 40.0}}}
-    better = {"clean_accuracy": 52.0, "attacks": {"fgsm": {"accuracy": 30.0}},
-              "corruptions": {"fog": {1: 80.0, 2: 70.0}}}
+    reference = _report(50.0, corruptions={"fog": {1: 60.0, 2: 40.0}})
+    better = _report(52.0, {"fgsm": {"accuracy": 30.0}}, {"fog": {1: 80.0, 2: 70.0}})
     assert recipe.relative_ce(reference, reference) == pytest.approx(100.0)
     assert recipe.relative_ce(better, reference) == pytest.approx(100 * (0.2 + 0.3) / (0.4 + 0.6))
     results = {f"run{seed}": {"method": "nullspace", "eps": 0.03, "seed": seed, "train_seconds": 10.0 + seed,
@@ -115,10 +121,10 @@ def test_tables_aggregate_seeds_and_relative_ce(recipe):
 
 
 def test_effects_are_differences_paired_by_seed(recipe):
-    reference = {"clean_accuracy": 50.0, "attacks": {"fgsm": {"accuracy": 20.0}}, "corruptions": {}}
+    reference = _report(50.0, {"fgsm": {"accuracy": 20.0}})
 
     def report(clean, fgsm):
-        return {"clean_accuracy": clean, "attacks": {"fgsm": {"accuracy": fgsm}}, "corruptions": {}}
+        return _report(clean, {"fgsm": {"accuracy": fgsm}})
 
     vanilla = {0: (51.0, 21.0), 1: (53.0, 25.0)}
     nullspace = {0: (52.0, 20.0), 1: (53.0, 28.0)}

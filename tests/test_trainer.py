@@ -23,8 +23,9 @@ from transformers import (
 
 import nullspace_hf.trainer as trainer_module
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, synthesize_noise
+from nullspace_hf.data import TensorRows
 
-from .helpers import DictDataset, digits_tensors, free_port, make_tiny_model, train_briefly
+from .helpers import digits_tensors, free_port, make_tiny_model, train_briefly
 
 MODEL = dict(num_labels=10, image_size=16, patch_size=4, initializer_range=0.2)
 SHIPPED = Path(__file__).resolve().parents[1] / "nullspace_hf" / "scripts" / "embedded" / "vit-tiny-digits"
@@ -33,7 +34,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "nullspace_hf" / "scripts" / "em
 @pytest.fixture(scope="module")
 def dataset():
     pixels, labels = digits_tensors("train")
-    return DictDataset(pixels[:256], labels[:256])
+    return TensorRows(pixels[:256], labels[:256])
 
 
 def _config(tmp_path, **overrides):
@@ -125,7 +126,7 @@ def test_every_round_ends_just_inside_eps(tmp_path, family, schedule):
     """Every round's noise: entered from outside eps, final synthesis-batch mse_prob in [eps/2, eps)."""
     model, size = _digits_model(family)
     pixels, labels = digits_tensors("train", image_size=size)
-    data = DictDataset(pixels[:256], labels[:256])
+    data = TensorRows(pixels[:256], labels[:256])
     args = _config(tmp_path, max_steps=9, **{"noise_max_steps": 200, **SCHEDULES[schedule]})
     trainer = NullspaceTrainer(model=model, args=args, train_dataset=data)
     trainer.train()

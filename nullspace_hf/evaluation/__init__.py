@@ -5,6 +5,7 @@
     print(report.to_markdown())
 """
 
+from ..data import load_split as load_eval_dataset
 from .attacks import ATTACKS, DEFAULT_ATTACKS, FGSM, PGD, Attack, CarliniWagnerL2, PatchFool, resolve_attacks
 from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, corrupt_pixels, resolve_corruptions
 from .metrics import ALEXNET_ERRORS, corruption_error, mean_corruption_error
@@ -12,7 +13,6 @@ from .ood import OOD_SETS, load_ood_dataset
 from .pixels import PixelSpaceClassifier, PixelTransform, images_to_pixels
 from .report import RobustnessReport
 from .robustness import evaluate_robustness
-from .sources import load_eval_dataset
 
 __all__ = [
     "ALEXNET_ERRORS",

@@ -1,4 +1,4 @@
-"""The ``nullspace-hf evaluate`` door (also used by ``recipes/evaluate.py`` under ``accelerate launch``)."""
+"""The ``nullspace-hf evaluate`` door (``accelerate launch -m nullspace_hf.cli evaluate`` for several processes)."""
 
 from __future__ import annotations
 
@@ -107,8 +107,8 @@ def run_evaluate(args: argparse.Namespace) -> RobustnessReport:
     from transformers.utils import logging as hf_logging
 
     from ..checks import check_writable
+    from ..data import load_split
     from .robustness import evaluate_robustness
-    from .sources import load_eval_dataset
 
     state = _process_state()
     if args.output:  # every process checks, so that all stop together
@@ -117,7 +117,7 @@ def run_evaluate(args: argparse.Namespace) -> RobustnessReport:
             raise ValueError(f"--output {args.output!r} is a directory: give a file name such as results.json.")
     hf_logging.disable_progress_bar()
     attacks = build_attacks(args)
-    dataset = load_eval_dataset(args.dataset, args.split)
+    dataset = load_split(args.dataset, args.split)
     if args.max_samples is not None:
         if args.max_samples < 1:
             raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}.")

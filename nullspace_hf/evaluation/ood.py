@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from datasets import ClassLabel, Dataset, Value
 
+from ..data import find_columns, load_split
 from .imagenet_classes import IMAGENET_A_INDICES, IMAGENET_R_INDICES, WNID_TO_INDEX
-from .sources import find_columns, load_eval_dataset
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def load_ood_dataset(name: str, source: Dataset | str, split: str = "test", *, l
     Args:
         name: a key of :data:`OOD_SETS`.
         source: a ``Dataset``, a Hub id or a local folder
-            (see :func:`~nullspace_hf.evaluation.sources.load_eval_dataset`).
+            (see :func:`~nullspace_hf.data.load_split`).
         split: the split to use when ``source`` has several.
         label_column: the label column, found automatically if not given.
         label_mapping: dataset label → ImageNet-1k index, for labels the rules above cannot map.
@@ -89,7 +89,7 @@ def load_ood_dataset(name: str, source: Dataset | str, split: str = "test", *, l
         ValueError: unknown set, unmappable labels, or labels outside the set's classes.
     """
     spec = ood_set(name)
-    dataset = source if isinstance(source, Dataset) else load_eval_dataset(source, split)
+    dataset = source if isinstance(source, Dataset) else load_split(source, split)
     _, column = find_columns(dataset, label_column=label_column)
     feature = dataset.features[column]
     if label_mapping is not None:

@@ -49,9 +49,28 @@ class RobustnessReport:
     ood: dict[str, dict[str, Any]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, float]:
+        """The headline numbers: ``clean``, each attack's accuracy by its name, and ``corruption``, the mean
+        accuracy over every corruption and severity evaluated."""
+        summary = {"clean": self.clean_accuracy}
+        summary.update({name: attack["accuracy"] for name, attack in self.attacks.items()})
+        accuracies = [value for by_severity in self.corruptions.values() for value in by_severity.values()]
+        if accuracies:
+            summary["corruption"] = sum(accuracies) / len(accuracies)
+        return summary
+
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain Python values."""
-        return dataclasses.asdict(self)
+        """All fields as plain Python values, and the :meth:`summary` under ``"summary"``."""
+        return {**dataclasses.asdict(self), "summary": self.summary()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RobustnessReport:
+        """The report of a :meth:`to_dict` (also read back from JSON, whose severity keys are strings)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        report = cls(**{key: value for key, value in values.items() if key in known})
+        report.corruptions = {name: {int(s): acc for s, acc in by_severity.items()}
+                              for name, by_severity in report.corruptions.items()}
+        return report
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as JSON text; also written to ``path`` when one is given."""

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, PreTrainedModel
 
 from ..checks import check_finite_weights
+from ..data import find_columns
 from ..modeling import frozen_eval, load_model
 from .attacks import DEFAULT_ATTACKS, Attack, resolve_attacks
 from .corruptions import SEVERITIES, CorruptedSets, check_corruptible, resolve_corruptions, resolve_severities
@@ -29,7 +30,6 @@ from .metrics import ALEXNET_ERRORS, is_official_mce, mean_corruption_error
 from .ood import load_ood_dataset, ood_set
 from .pixels import PixelSpaceClassifier, PixelTransform, check_model_input, images_to_pixels
 from .report import RobustnessReport
-from .sources import find_columns
 
 
 class _Tally:

@@ -23,10 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accelerate import PartialState
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
-
 from datasets import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
 from nullspace_hf.checkpoint import resolve_checkpoint
@@ -39,9 +37,9 @@ from nullspace_hf.data import (
     load_image_dataset,
 )
 from nullspace_hf.evaluation import evaluate_robustness
-from nullspace_hf.hub import RESULTS_FILE, HubPushError, noise_rounds_table, push_output_dir, summarize_report
+from nullspace_hf.hub import RESULTS_FILE, HubPushError, noise_rounds_table, push_output_dir
 from nullspace_hf.modeling import check_model_source
-from nullspace_hf.parsing import parse_with_config
+from nullspace_hf.parsing import parse_with_config, run_command
 from nullspace_hf.plots import plot_noise_dynamics
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
@@ -74,6 +72,9 @@ class ScriptArguments:
     eval_corruptions: str = field(default="all", metadata={"help": "Comma-separated corruptions, a group, or 'none'."})
     eval_severities: str = field(default="1,2,3,4,5", metadata={"help": "Comma-separated corruption severities."})
     eval_batch_size: int = field(default=128, metadata={"help": "Batch size of the robustness evaluation."})
+    license: str | None = field(
+        default=None, metadata={"help": "License of the fine-tuned model for its card (an SPDX id such as apache-2.0); "
+                                        "unset: the card says the base model's terms apply."})
     check_images: bool = field(
         default=True,
         metadata={"help": "Open every image's header before any work, so that a broken file is named at once "
@@ -166,7 +167,7 @@ def evaluate(model, processor, dataset, script_args: ScriptArguments, training_a
 
 def print_table(results: dict) -> None:
     """Before/after table: clean accuracy, attack accuracy, mean corruption accuracy."""
-    summaries = {run: summarize_report(report) for run, report in results.items()}
+    summaries = {run: report["summary"] for run, report in results.items()}
     metrics = list(dict.fromkeys(m for summary in summaries.values() for m in summary))
     print("\n" + "model".ljust(8) + "".join(m.rjust(14) for m in metrics))
     for run, summary in summaries.items():
@@ -197,11 +198,14 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
         model=model, args=training_args, train_dataset=train.with_transform(transform),
         data_collator=collate_image_classification, processing_class=processor,
     )
-    results = {"before": evaluate(model, processor, evaluation, script_args, training_args, dataset_name).to_dict()}
+    before = evaluate(model, processor, evaluation, script_args, training_args, dataset_name)
+    before.model = script_args.model_name_or_path
+    results = {"before": before.to_dict()}
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
-    results["after"] = evaluate(trainer.model, processor, evaluation, script_args, training_args,
-                                dataset_name).to_dict()
+    after = evaluate(trainer.model, processor, evaluation, script_args, training_args, dataset_name)
+    after.model = training_args.hub_model_id or training_args.output_dir
+    results["after"] = after.to_dict()
     if trainer.is_world_process_zero():
         output = Path(training_args.output_dir)
         (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -209,7 +213,10 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
             plot_noise_dynamics(trainer.noise_history, output / "noise_dynamics.png", eps=training_args.noise_eps,
                                 band=training_args.noise_boundary_band)
             print(f"Noise rounds (eps = {training_args.noise_eps}):\n{noise_rounds_table(trainer.noise_history)}")
-        trainer.create_model_card(dataset_name=dataset_name, dataset_id=script_args.dataset_name)
+        hub_dataset = script_args.dataset_name if script_args.dataset_name and not os.path.exists(script_args.dataset_name) \
+            and script_args.dataset_name != "digits" else None
+        trainer.create_model_card(dataset_name=dataset_name, dataset_id=hub_dataset,
+                                  license=script_args.license)
         print_table(results)
         print(f"Wrote {output}: model.safetensors, README.md (model card), {RESULTS_FILE}, noise files"
               + (", noise_dynamics.png" if trainer.noise_history else ""))
@@ -232,14 +239,7 @@ def cli(argv: list[str]) -> int:
         print(f"No --config: starting from the embedded default ({DEFAULT_CONFIG.name}: a tiny ViT on scikit-learn's "
               "digits)" + ("; the flags given override it." if argv else "."))
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    try:
-        main(*parse_with_config(make_parser(), argv))
-    except (ValueError, HubPushError) as error:
-        print(f"finetune: error: {error}", file=sys.stderr)
-        return 2
-    finally:  # under torchrun, an open gloo/NCCL group sometimes aborts the process at exit
-        PartialState().destroy_process_group()
-    return 0
+    return run_command("finetune", lambda: main(*parse_with_config(make_parser(), argv)), (ValueError, HubPushError))
 
 
 if __name__ == "__main__":
