@@ -34,7 +34,8 @@ from .evaluation.pixels import PixelTransform
 from .hub import ModelCardMixin
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
 
-__all__ = ["EMA_FILE", "HISTORY_FILE", "NOISE_FILE", "NullspaceTrainer"]
+__all__ = ["EMA_FILE", "HISTORY_FILE", "LOSS_TERM", "NOISE_FILE", "NullspaceTrainer"]
+LOSS_TERM = "nullspace_loss_term"  # key of the inputs that asks compute_loss for one term of Eq. 6
 DIVERGED = ("training diverged and this model is not saved; lower learning_rate, or resume from an earlier "
             "checkpoint.")
 
@@ -131,7 +132,6 @@ class NullspaceTrainer(ModelCardMixin, Trainer):
         self.noise: torch.Tensor | None = None
         self.noise_history: list[dict[str, Any]] = []
         self._noise_round = -1
-        self._loss_part = "both"
         self._synthesis_loader: DataLoader | None = None
         self.ema = EMACallback(args.ema_decay) if args.ema_decay is not None else None
         if self.ema is not None:
@@ -330,14 +330,11 @@ class NullspaceTrainer(ModelCardMixin, Trainer):
         if not sequential:
             return self._checked(super().training_step(model, inputs, num_items_in_batch), "training")
         losses = []
-        for part in ("clean", "noisy"):
-            self._loss_part = part
-            sync = self.accelerator.no_sync(model) if part == "clean" else contextlib.nullcontext()
-            try:
-                with sync:
-                    losses.append(self._checked(super().training_step(model, inputs, num_items_in_batch), part))
-            finally:
-                self._loss_part = "both"
+        for term in ("clean", "noisy"):
+            sync = self.accelerator.no_sync(model) if term == "clean" else contextlib.nullcontext()
+            with sync:
+                loss = super().training_step(model, {**inputs, LOSS_TERM: term}, num_items_in_batch)
+            losses.append(self._checked(loss, term))
         return losses[0] + losses[1]
 
     def _checked(self, loss: torch.Tensor, term: str) -> torch.Tensor:
@@ -376,18 +373,19 @@ class NullspaceTrainer(ModelCardMixin, Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """CE(f(u), y) + w·CE(f(u + ṽ), y) in training (Eq. 6); the clean loss alone in evaluation.
 
-        During a sequential step (see :meth:`training_step`) one call computes the clean term, the next one
-        the noisy term.
+        ``inputs[LOSS_TERM]`` (``"clean"`` or ``"noisy"``; absent: both) asks for one term only: a sequential
+        step (see :meth:`training_step`) backpropagates the clean term, then the noisy one.
         """
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        term = inputs.pop(LOSS_TERM, "both")
         noisy = model.training and self._noisy_training()
-        if noisy and self._loss_part == "noisy":
+        if noisy and term == "noisy":
             with self.injector.applied(self.noise):
                 outputs = model(**inputs)
             loss = self.args.noisy_loss_weight * self._cross_entropy(outputs.logits, labels)
             return (loss, outputs) if return_outputs else loss
-        noisy = noisy and self._loss_part == "both"
+        noisy = noisy and term == "both"
         if noisy and self.args.noisy_forward == "concat":
             batch = labels.shape[0]
             doubled = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == (batch,) else v

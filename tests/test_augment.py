@@ -9,6 +9,7 @@ from transformers import ViTImageProcessor
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.augment import BatchAugmentation, soft_targets
 from nullspace_hf.data import TensorRows
+from nullspace_hf.trainer import LOSS_TERM
 from nullspace_hf.evaluation.pixels import PixelTransform
 
 from .helpers import digits_tensors, make_tiny_model
@@ -43,7 +44,8 @@ class _Recording(NullspaceTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            self.calls.append((self._loss_part, inputs["pixel_values"].detach().clone(), inputs["labels"].clone()))
+            self.calls.append((inputs.get(LOSS_TERM, "both"), inputs["pixel_values"].detach().clone(),
+                               inputs["labels"].clone()))
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
