@@ -17,6 +17,8 @@ from nullspace_hf.hub import hyperparameter_names
 from nullspace_hf.parsing import parse_with_config
 
 from .helpers import RECIPE, load_recipe, recipe_args, run_recipe, save_tiny_model
+
+recipe_module = load_recipe()
 from .hub_server import LoopbackHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +37,10 @@ def test_config_data_files_mapping_loads_both_splits(recipe, small_data, tmp_pat
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data_files": {"train": str(small_data / "train.parquet"),
                                                      "test": str(small_data / "test.parquet")}}))
-    script, _ = parse_with_config(recipe.make_parser(), ["--config", str(config), "--output_dir", str(tmp_path)])
-    train, evaluation, names = recipe.load_data(script, seed=0)
-    assert (len(train), len(evaluation), len(names)) == (200, 40, 10)
+    script, training = parse_with_config(recipe.make_parser(), ["--config", str(config), "--output_dir", str(tmp_path)])
+    data = recipe.load_data(script, training)
+    assert (len(data.train), len(data.evaluation), len(data.names), data.validation) == (200, 40, 10, None)
+    assert (data.image_column, data.label_column) == ("image", "label")  # found in the files
 
 
 def test_config_with_unknown_keys_is_refused(recipe, tmp_path):
@@ -55,10 +58,96 @@ def test_the_card_lists_every_setting_nullspace_config_adds():
     assert "output_dir" not in names and "hub_token" not in names and len(set(names)) == len(names)
 
 
-def test_shipped_configs_parse(recipe):
-    for config in sorted((ROOT / "recipes" / "configs").glob("*.yaml")):
-        script, training = parse_with_config(load_recipe().make_parser(), ["--config", str(config)])
-        assert training.noise_refresh_steps == 40 and training.noise_eps == 0.03, config.name
+SHIPPED_CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*.yaml")) + [recipe_module.DEFAULT_CONFIG]
+
+
+@pytest.mark.parametrize("config", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses_and_builds_its_trainer(recipe, tmp_path, config):
+    """Each config's settings make a NullspaceTrainer; its model and data are replaced by a tiny ViT and random
+    images (the Hub and the CIFAR files are out of reach here)."""
+    from transformers import ViTImageProcessor
+
+    from nullspace_hf import NullspaceTrainer
+    from nullspace_hf.data import TensorRows
+
+    from .helpers import make_tiny_model
+
+    script, training = parse_with_config(recipe.make_parser(), ["--config", str(config), "--use_cpu", "true",
+                                                                "--output_dir", str(tmp_path / "out")])
+    assert training.noise_refresh_steps == 40 and training.noise_eps == 0.03
+    dataset = TensorRows(torch.randn(500, 3, 32, 32), torch.randint(0, 3, (500,)))
+    trainer = NullspaceTrainer(model=make_tiny_model(), args=training, train_dataset=dataset,
+                               processing_class=ViTImageProcessor(size={"height": 32, "width": 32}))
+    assert trainer.args.noise_mode == "nullspace" and trainer.args.max_steps > 0
+
+
+def _captured_run(recipe, monkeypatch, argv: list[str]):
+    """The arguments ``cli(argv)`` hands to ``main``."""
+    seen = []
+    monkeypatch.setattr(recipe, "main", lambda script, training: seen.append((script, training)))
+    assert recipe.cli(argv) == 0
+    return seen[0]
+
+
+def test_flags_without_config_start_from_the_embedded_default(recipe, monkeypatch, tmp_path, capsys):
+    script, training = _captured_run(recipe, monkeypatch, ["--output_dir", str(tmp_path), "--learning_rate", "1e-3"])
+    embedded = yaml.safe_load(recipe.DEFAULT_CONFIG.read_text())
+    assert training.output_dir == str(tmp_path) and training.learning_rate == pytest.approx(1e-3)  # the flags
+    assert training.max_steps == embedded["max_steps"] == 200  # the rest: the embedded default, not TrainingArguments
+    assert training.per_device_train_batch_size == embedded["per_device_train_batch_size"]
+    assert script.eval_severities == embedded["eval_severities"]
+    assert "starting from the embedded default" in capsys.readouterr().out
+
+
+def test_a_json_args_file_is_a_config(recipe, monkeypatch, tmp_path):
+    arguments = tmp_path / "args.json"
+    arguments.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "max_steps": 3, "noise_eps": 0.05}))
+    for argv in ([str(arguments)], ["--config", str(arguments)]):
+        script, training = _captured_run(recipe, monkeypatch, argv)
+        assert (training.max_steps, training.noise_eps, training.per_device_train_batch_size) == (3, 0.05, 8)
+
+
+def test_help_lists_config(recipe, capsys):
+    with pytest.raises(SystemExit):
+        recipe.cli(["--help"])
+    assert "--config FILE" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("validation", ["train_val_split", "validation_split"])
+def test_evaluation_during_training_on_a_validation_split(recipe, small_data, tmp_path, validation):
+    """`--eval_strategy steps`: the Trainer evaluates a validation set every eval_steps, as in
+    transformers' run_image_classification.py; the robustness evaluation stays on the test split."""
+    output = tmp_path / "out"
+    argv = recipe_args(small_data, output, "--eval_strategy", "steps", "--eval_steps", "2", "--logging_steps", "1",
+                       "--eval_corruptions", "none")
+    if validation == "validation_split":
+        files = {"train": str(small_data / "train.parquet"), "validation": str(small_data / "test.parquet"),
+                 "test": str(small_data / "test.parquet")}
+        argv[argv.index("--data_files") + 1] = json.dumps(files)
+    assert recipe.cli(argv) == 0
+    state = json.loads((output / "trainer_state.json").read_text())
+    evaluations = [entry for entry in state["log_history"] if "eval_accuracy" in entry]
+    assert [entry["step"] for entry in evaluations] == [2, 4]
+    assert all(0 <= entry["eval_accuracy"] <= 1 for entry in evaluations)
+    everything = json.loads((output / "all_results.json").read_text())
+    assert {"train_loss", "eval_accuracy", "before_clean", "after_clean", "after_fgsm"} <= set(everything)
+    results = json.loads((output / "results.json").read_text())
+    assert results["after"]["num_samples"] == 40 and results["after"]["model"] == str(output)
+
+
+def test_lora_fine_tuning_writes_a_plain_checkpoint(recipe, small_data, tmp_path):
+    from transformers import ViTForImageClassification
+
+    output = tmp_path / "out"
+    assert recipe.cli(recipe_args(small_data, output, "--use_peft", "true", "--lora_r", "4",
+                                  "--eval_corruptions", "none")) == 0
+    assert not (output / "adapter_model.safetensors").exists()
+    merged = ViTForImageClassification.from_pretrained(output)
+    base = ViTForImageClassification.from_pretrained(small_data / "model")
+    changed = [name for name, value in merged.state_dict().items()
+               if not torch.equal(value, base.state_dict()[name])]
+    assert any("attention.q_proj" in name for name in changed)  # the merged LoRA update
+    assert not any("patch_embeddings" in name for name in changed)  # no adapter there: its weights stay as they were
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("paper_*.yaml")), ids=lambda p: p.name)

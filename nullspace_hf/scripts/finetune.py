@@ -23,8 +23,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
+import datasets
+import numpy as np
+from datasets import Dataset, Image
+from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification, EvalPrediction,
+                          HfArgumentParser, IntervalStrategy, set_seed)
+from transformers.utils import logging as hf_logging
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
 from nullspace_hf.checkpoint import resolve_checkpoint
@@ -34,6 +38,7 @@ from nullspace_hf.data import (
     check_image_classification_columns,
     check_images,
     collate_image_classification,
+    find_columns,
     load_image_dataset,
 )
 from nullspace_hf.evaluation import evaluate_robustness
@@ -60,10 +65,20 @@ class ScriptArguments:
         default=None, metadata={"help": "Local data files: a path, or JSON {\"train\": ..., \"test\": ...}."}
     )
     train_dir: str | None = field(default=None, metadata={"help": "An imagefolder directory (one folder per class)."})
-    image_column: str = field(default="image", metadata={"help": "Column of images."})
-    label_column: str = field(default="label", metadata={"help": "Column of class indices."})
+    image_column: str | None = field(default=None, metadata={"help": "Column of images (default: found, e.g. "
+                                                                     "'image' or 'img')."})
+    label_column: str | None = field(default=None, metadata={"help": "Column of class indices (default: found, e.g. "
+                                                                     "'label')."})
     train_split: str = field(default="train", metadata={"help": "Split to fine-tune on."})
-    eval_split: str = field(default="test", metadata={"help": "Split to evaluate on (before and after)."})
+    eval_split: str = field(default="test", metadata={"help": "Split of the robustness evaluation before and after."})
+    validation_split: str = field(
+        default="validation",
+        metadata={"help": "Split evaluated during training (--eval_strategy steps|epoch, --do_eval); when the dataset "
+                          "has none: --validation_dir, else a --train_val_split share of the train split."})
+    validation_dir: str | None = field(default=None, metadata={"help": "An imagefolder directory to evaluate on "
+                                                                       "during training."})
+    train_val_split: float = field(default=0.15, metadata={"help": "Share of the train split held out for evaluation "
+                                                                   "during training when there is no validation set."})
     max_train_samples: float | None = field(
         default=None, metadata={"help": "Train on this many samples, or this fraction when < 1 (paper: 0.1)."}
     )
@@ -80,12 +95,36 @@ class ScriptArguments:
         metadata={"help": "Open every image's header before any work, so that a broken file is named at once "
                           "(turn off for very large image folders; a broken file is then named when it is met)."},
     )
+    model_revision: str = field(default="main", metadata={"help": "Revision (branch, tag or commit) of the model."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the checkpoint's own modeling code."})
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Load weights whose shapes differ from the model's (they are initialised "
+                                         "afresh); a new classifier for another number of classes is made anyway."})
+    use_peft: bool = field(default=False, metadata={"help": "Fine-tune LoRA adapters (peft) instead of all weights; "
+                                                            "they are merged into a plain checkpoint at the end."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "Comma-separated module names that "
+                                                                                "get adapters (ViT: q_proj,v_proj)."})
     drop_path_rate: float | None = field(
         default=None,
         metadata={"help": "Stochastic depth while fine-tuning (the authors: 0.25), for model families whose config "
                           "has drop_path_rate (BEiT, Data2VecVision, Dinov2, Swin, ...); transformers' ViT and DeiT "
                           "have none."},
     )
+
+
+@dataclass
+class LoadedData:
+    """The splits of a run and what they hold."""
+
+    train: Dataset
+    validation: Dataset | None
+    evaluation: Dataset
+    names: list[str]
+    image_column: str
+    label_column: str
 
 
 def _subsample(dataset, limit: float | None, seed: int):
@@ -101,8 +140,13 @@ def _names(text: str) -> list[str] | None:
     return None if text.strip().lower() == "none" else [part.strip() for part in text.split(",") if part.strip()]
 
 
-def load_data(script_args: ScriptArguments, seed: int):
-    """Load and check the train and evaluation splits; return them with the class names."""
+def _wants_evaluation(training_args: NullspaceConfig) -> bool:
+    return training_args.do_eval or training_args.eval_strategy != IntervalStrategy.NO
+
+
+def load_data(script_args: ScriptArguments, training_args: NullspaceConfig) -> LoadedData:
+    """Load and check the splits: train, validation (only when evaluation during training is asked for) and the
+    robustness evaluation split, with the class names and the image and label columns."""
     files = script_args.data_files  # a path, a JSON mapping on the command line, or a mapping from a --config YAML
     if isinstance(files, str) and files.lstrip().startswith("{"):
         files = json.loads(files)
@@ -113,54 +157,95 @@ def load_data(script_args: ScriptArguments, seed: int):
                              "Pass --train_split / --eval_split.")
         if len(data[split]) == 0:
             raise ValueError(f"The split {split!r} of the dataset is empty.")
-    names = check_image_classification_columns(data[script_args.train_split], script_args.image_column,
-                                               script_args.label_column)
-    eval_names = check_image_classification_columns(data[script_args.eval_split], script_args.image_column,
-                                                    script_args.label_column)
+    train = data[script_args.train_split]
+    image_column, label_column = find_columns(train, script_args.image_column, script_args.label_column)
+    names = check_image_classification_columns(train, image_column, label_column)
+    eval_names = check_image_classification_columns(data[script_args.eval_split], image_column, label_column)
     if len(eval_names) > len(names):
         raise ValueError(f"The {script_args.eval_split!r} split has labels up to {len(eval_names) - 1}, the "
                          f"{script_args.train_split!r} split only up to {len(names) - 1}: the classes must match.")
+    validation = None
+    if _wants_evaluation(training_args):
+        if script_args.validation_split in data:
+            validation = data[script_args.validation_split]
+        elif script_args.validation_dir:
+            validation = load_image_dataset(train_dir=script_args.validation_dir)["train"]
+        else:
+            if not 0 < script_args.train_val_split < 1:
+                raise ValueError(f"train_val_split must be in (0, 1), got {script_args.train_val_split}.")
+            parts = train.train_test_split(test_size=script_args.train_val_split, seed=training_args.seed)
+            train, validation = parts["train"], parts["test"]
+        check_image_classification_columns(validation, image_column, label_column)
     if script_args.check_images:
-        for split in (script_args.train_split, script_args.eval_split):
-            check_images(data[split], script_args.image_column)
-    train = _subsample(data[script_args.train_split], script_args.max_train_samples, seed)
-    train = train.cast_column(script_args.image_column, Image(decode=False))  # decoded by the transform, lazily
+        for split in (train, validation, data[script_args.eval_split]):
+            if split is not None:
+                check_images(split, image_column)
+    train = _subsample(train, script_args.max_train_samples, training_args.seed)
     evaluation = data[script_args.eval_split]
     if script_args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
-    return train, evaluation, names
+        if validation is not None:
+            validation = validation.select(range(min(script_args.max_eval_samples, len(validation))))
+    lazy = Image(decode=False)  # decoded by the transform, which names a broken file
+    return LoadedData(train.cast_column(image_column, lazy),
+                      None if validation is None else validation.cast_column(image_column, lazy),
+                      evaluation, names, image_column, label_column)
 
 
 def load_model(script_args: ScriptArguments, names: list[str]):
     """The checkpoint and its image processor; a new head when the dataset has other classes."""
+    options = {"revision": script_args.model_revision, "trust_remote_code": script_args.trust_remote_code}
     overrides = {} if script_args.drop_path_rate is None else {"drop_path_rate": script_args.drop_path_rate}
-    check_model_source(script_args.model_name_or_path)
+    name = script_args.model_name_or_path
+    check_model_source(name)
     try:
-        config = AutoConfig.from_pretrained(script_args.model_name_or_path)
-        processor = AutoImageProcessor.from_pretrained(script_args.model_name_or_path)
+        config = AutoConfig.from_pretrained(name, **options)
+        processor = AutoImageProcessor.from_pretrained(name, **options)
     except (OSError, ValueError) as error:
-        raise ValueError(f"Could not load {script_args.model_name_or_path!r} with its image processor: {error}") \
-            from error
+        raise ValueError(f"Could not load {name!r} with its image processor: {error}") from error
     if overrides and not hasattr(config, "drop_path_rate"):
         raise ValueError(f"--drop_path_rate: {type(config).__name__} has no drop path in transformers (no "
                          "drop_path_rate in its config); leave it unset for this model.")
-    model = AutoModelForImageClassification.from_pretrained(script_args.model_name_or_path, **overrides)
-    if model.config.num_labels != len(names):
-        model = AutoModelForImageClassification.from_pretrained(
-            script_args.model_name_or_path, num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True, **overrides)
+    if getattr(config, "num_labels", None) != len(names):
+        overrides.update(num_labels=len(names), id2label=dict(enumerate(names)),
+                         label2id={label: i for i, label in enumerate(names)}, ignore_mismatched_sizes=True)
+    elif script_args.ignore_mismatched_sizes:
+        overrides["ignore_mismatched_sizes"] = True
+    model = AutoModelForImageClassification.from_pretrained(name, **options, **overrides)
     patch_embedding_nullspace(model)  # a clear error now for models without a patch embedding
     return model, processor
 
 
-def evaluate(model, processor, dataset, script_args: ScriptArguments, training_args: NullspaceConfig, name: str):
+def _with_lora(model, script_args: ScriptArguments):
+    """``model`` with LoRA adapters on ``lora_target_modules``; the classifier stays fully trainable."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ValueError("--use_peft needs the peft package: pip install peft (or nullspace-hf[peft]).") from error
+    targets = [name.strip() for name in script_args.lora_target_modules.split(",") if name.strip()]
+    try:
+        return get_peft_model(model, LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha,
+                                                lora_dropout=script_args.lora_dropout, target_modules=targets,
+                                                modules_to_save=["classifier"]))
+    except ValueError as error:
+        raise ValueError(f"--lora_target_modules {script_args.lora_target_modules!r}: {error}") from error
+
+
+def accuracy(prediction: EvalPrediction) -> dict[str, float]:
+    """Top-1 accuracy of an evaluation during training (``compute_metrics``)."""
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return {"accuracy": float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())}
+
+
+def evaluate(model, processor, dataset, script_args: ScriptArguments, training_args: NullspaceConfig, name: str,
+             columns: tuple[str, str]):
     """Clean, attack and corruption accuracy of ``model`` on the evaluation split."""
     return evaluate_robustness(
         model, dataset, image_processor=processor, attacks=_names(script_args.eval_attacks),
         corruptions=_names(script_args.eval_corruptions),
         severities=[int(s) for s in script_args.eval_severities.split(",")],
-        batch_size=script_args.eval_batch_size, seed=training_args.seed, image_column=script_args.image_column,
-        label_column=script_args.label_column, cache_dir=os.path.join(training_args.output_dir, "corruption_cache"),
+        batch_size=script_args.eval_batch_size, seed=training_args.seed, image_column=columns[0],
+        label_column=columns[1], cache_dir=os.path.join(training_args.output_dir, "corruption_cache"),
         dataset_name=name,
     )
 
@@ -178,15 +263,20 @@ def print_table(results: dict) -> None:
 def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
     """Fine-tune, evaluate before and after, write ``output_dir`` completely, then push if asked."""
     set_seed(training_args.seed)
+    log_level = training_args.get_process_log_level()
+    hf_logging.set_verbosity(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
     print(f"Process {training_args.process_index} of {training_args.world_size} ({training_args.device}).")
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir,
                                     training_args.noise_mode, with_ema=training_args.ema_decay is not None)
     check_output_dir(training_args.output_dir, overwrite=training_args.overwrite_output_dir,
                      resuming=checkpoint is not None)
-    train, evaluation, names = load_data(script_args, training_args.seed)
-    model, processor = load_model(script_args, names)
-    transform = ImageClassificationTransform(processor, script_args.image_column, script_args.label_column,
-                                             model.config.num_channels)
+    data = load_data(script_args, training_args)
+    model, processor = load_model(script_args, data.names)
+    # LoRA layers go into `model` itself and start as the identity, so `model` is still the base model below
+    trained = _with_lora(model, script_args) if script_args.use_peft else model
+    columns = (data.image_column, data.label_column)
+    transform = ImageClassificationTransform(processor, *columns, model.config.num_channels)
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # the finished output_dir is pushed at the end, once complete
     training_args.remove_unused_columns = False  # the transform needs the image column
@@ -194,18 +284,33 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
     if isinstance(source, dict):
         source = next(iter(source.values()))
     dataset_name = script_args.dataset_name or ("digits" if not source else Path(str(source)).stem)
-    trainer = NullspaceTrainer(
-        model=model, args=training_args, train_dataset=train.with_transform(transform),
-        data_collator=collate_image_classification, processing_class=processor,
-    )
-    before = evaluate(model, processor, evaluation, script_args, training_args, dataset_name)
+    before = evaluate(model, processor, data.evaluation, script_args, training_args, dataset_name, columns)
     before.model = script_args.model_name_or_path
     results = {"before": before.to_dict()}
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer = NullspaceTrainer(
+        model=trained, args=training_args,
+        train_dataset=data.train.with_transform(transform),
+        eval_dataset=None if data.validation is None else data.validation.with_transform(transform),
+        compute_metrics=None if data.validation is None else accuracy,
+        data_collator=collate_image_classification, processing_class=processor,
+    )
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    if script_args.use_peft:  # a plain checkpoint: the adapters merged into the weights
+        trainer.model = trainer.model.merge_and_unload()
     trainer.save_model()
-    after = evaluate(trainer.model, processor, evaluation, script_args, training_args, dataset_name)
+    trainer.save_state()
+    if data.validation is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    after = evaluate(trainer.model, processor, data.evaluation, script_args, training_args, dataset_name, columns)
     after.model = training_args.hub_model_id or training_args.output_dir
     results["after"] = after.to_dict()
+    robustness = {f"{run}_{metric}": value for run, report in results.items()
+                  for metric, value in report["summary"].items()}
+    trainer.save_metrics("robustness", robustness)
     if trainer.is_world_process_zero():
         output = Path(training_args.output_dir)
         (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -235,7 +340,9 @@ def make_parser() -> HfArgumentParser:
 
 def cli(argv: list[str]) -> int:
     """Run the recipe; user errors end with one line on stderr and exit status 2."""
-    if not any(arg == "--config" or arg.startswith("--config=") for arg in argv) and not {"-h", "--help"} & set(argv):
+    config_given = any(arg == "--config" or arg.startswith("--config=") for arg in argv) or (
+        len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")))
+    if not config_given and not {"-h", "--help"} & set(argv):
         print(f"No --config: starting from the embedded default ({DEFAULT_CONFIG.name}: a tiny ViT on scikit-learn's "
               "digits)" + ("; the flags given override it." if argv else "."))
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
