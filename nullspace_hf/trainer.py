@@ -24,9 +24,9 @@ from .checkpoint import EMA_FILE, HISTORY_FILE, NOISE_FILE, NoiseState, load_noi
 from .checks import NonFiniteError, check_finite_weights, check_output_dir, check_writable
 from .config import NullspaceConfig
 from .data import check_label_range
-from .evaluation.pixels import PixelTransform
 from .hub import build_model_card, read_results
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
+from .pixels import PixelTransform
 
 __all__ = ["EMA_FILE", "HISTORY_FILE", "NOISE_FILE", "NullspaceTrainer"]
 DIVERGED = ("training diverged and this model is not saved; lower learning_rate, or resume from an earlier "

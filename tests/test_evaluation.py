@@ -20,13 +20,10 @@ from nullspace_hf.evaluation import (
     PGD,
     CarliniWagnerL2,
     PatchFool,
-    PixelSpaceClassifier,
-    PixelTransform,
     RobustnessReport,
     corrupt_pixels,
     corruption_error,
     evaluate_robustness,
-    images_to_pixels,
     load_ood_dataset,
     mean_corruption_error,
 )
@@ -37,6 +34,7 @@ from nullspace_hf.evaluation.imagenet_classes import (
     IMAGENET_WNIDS,
     WNID_TO_INDEX,
 )
+from nullspace_hf.pixels import PixelSpaceClassifier, PixelTransform, images_to_pixels
 
 from .helpers import make_tiny_model
 

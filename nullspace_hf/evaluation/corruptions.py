@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..pixels import from_8bit, to_8bit
+
 IMAGENET_C_CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise",
     "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
@@ -112,7 +114,7 @@ def corrupt_pixels(pixels: torch.Tensor, corruption: str, severity: int, sample_
     """
     corrupt = _imagecorruptions().corrupt
     check_corruptible(*pixels.shape[1:])
-    images = (pixels.detach().cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = to_8bit(pixels).permute(0, 2, 3, 1).numpy()
     code = CORRUPTIONS.index(corruption)
     outputs = []
     state = np.random.get_state()
@@ -128,7 +130,7 @@ def corrupt_pixels(pixels: torch.Tensor, corruption: str, severity: int, sample_
             outputs.append(np.clip(np.round(out), 0, 255).astype(np.uint8))
     finally:
         np.random.set_state(state)
-    return torch.from_numpy(np.stack(outputs)).permute(0, 3, 1, 2).float().div(255).to(pixels.device)
+    return from_8bit(np.stack(outputs)).permute(0, 3, 1, 2).to(pixels.device)
 
 
 def _library_version() -> str:
@@ -156,7 +158,7 @@ class CorruptedSets:
     def _path(self, cache_dir: Path, pixels: torch.Tensor, corruption: str, severity: int,
               sample_ids: Sequence[int]) -> Path:
         digest = hashlib.sha1()
-        digest.update((pixels.detach().cpu() * 255).round().to(torch.uint8).numpy().tobytes())
+        digest.update(to_8bit(pixels).numpy().tobytes())
         digest.update(np.asarray(sample_ids, dtype=np.int64).tobytes())
         digest.update(f"{self.seed}|{_library_version()}".encode())
         return cache_dir / corruption / str(severity) / f"{digest.hexdigest()}.npy"
@@ -167,10 +169,10 @@ class CorruptedSets:
             return corrupt_pixels(pixels, corruption, severity, sample_ids, self.seed)
         path = self._path(self.cache_dir, pixels, corruption, severity, sample_ids)
         if path.exists():
-            return torch.from_numpy(np.load(path)).float().div(255).to(pixels.device)
+            return from_8bit(np.load(path)).to(pixels.device)
         corrupted = corrupt_pixels(pixels, corruption, severity, sample_ids, self.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(partial, (corrupted.cpu() * 255).round().to(torch.uint8).numpy())
+        np.save(partial, to_8bit(corrupted).numpy())
         os.replace(partial, path)
         return corrupted
