@@ -15,7 +15,7 @@ from .applications import (
 from .adversarial import AdversarialConfig, AdversarialTrainer
 from .config import NullspaceConfig
 from .evaluation import RobustnessReport, evaluate_robustness
-from .linalg import PatchNullspace, patch_embedding_nullspace
+from .nullspace import PatchNullspace, patch_embedding_nullspace
 from .noise import NoiseInjector, NoiseResult, noise_influence, random_noise, synthesize_noise
 from .trainer import NullspaceTrainer
 

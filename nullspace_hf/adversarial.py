@@ -3,8 +3,9 @@
 Users compare nullspace fine-tuning against these, so they live in the package:
 ``AdversarialTrainer(model, AdversarialConfig(adversarial_method="trades"), processing_class=processor)``.
 The perturbation budget is an L∞ ball in [0, 1] pixel units (the unit of the evaluation's FGSM/PGD);
-the attack runs on the model's normalised input, where that ball is a per-channel box, using the
-image processor's rescale and normalisation (:class:`~nullspace_hf.evaluation.pixels.PixelTransform`).
+the attack runs on the model's normalised input, where that ball is a per-channel box
+(:class:`~nullspace_hf.pixels.InputBox`) of the image processor's rescale and normalisation
+(:class:`~nullspace_hf.pixels.PixelTransform`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from .evaluation.pixels import PixelTransform
 from .hub import ModelCardMixin
-from .modeling import frozen_eval
+from .modeling import float_logits, frozen_eval
+from .pixels import InputBox, PixelTransform
 
 ADVERSARIAL_METHODS = ("madry", "trades")
 
@@ -69,35 +70,6 @@ class AdversarialConfig(TrainingArguments):
         return 2.5 * self.adversarial_epsilon / self.adversarial_steps
 
 
-@dataclass(frozen=True)
-class InputBox:
-    """An L∞ pixel budget expressed on the model's normalised input, per channel.
-
-    Attributes:
-        lower, upper: the normalised values of pixel 0 and pixel 1, shape ``(1, C, 1, 1)``.
-        unit: the size of one pixel unit (the whole [0, 1] range) in normalised units, ``scale / std``.
-    """
-
-    lower: torch.Tensor
-    upper: torch.Tensor
-    unit: torch.Tensor
-
-    @classmethod
-    def from_transform(cls, transform: PixelTransform) -> InputBox:
-        """The box of a processor's rescale and normalisation: input = pixels · a + b, pixels in [0, 1]."""
-        scale, offset = (t.float().view(1, -1, 1, 1) for t in transform.affine())
-        return cls(lower=offset, upper=scale + offset, unit=scale)
-
-    def to(self, reference: torch.Tensor) -> InputBox:
-        """The box on the device and dtype of ``reference``."""
-        return InputBox(*(t.to(device=reference.device, dtype=reference.dtype)
-                          for t in (self.lower, self.upper, self.unit)))
-
-
-def _logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    return model(pixel_values=pixel_values).logits.float()
-
-
 def pgd_perturb(
     model: nn.Module,
     pixel_values: torch.Tensor,
@@ -118,7 +90,7 @@ def pgd_perturb(
         model: the classifier (called as ``model(pixel_values=...)``); its weights get no gradient.
         pixel_values: the clean, normalised batch.
         objective: maps the logits of the perturbed batch to the scalar to maximise.
-        box: the valid input range and the pixel unit (:class:`InputBox`).
+        box: the valid input range and the pixel unit (:class:`~nullspace_hf.pixels.InputBox`).
         epsilon, step_size: L∞ radius and step, in pixel units.
         steps: number of gradient steps.
         start: ``"uniform"`` (U(−ε, ε), Madry) or ``"gaussian"`` (0.001·N(0, 1), TRADES).
@@ -138,7 +110,7 @@ def pgd_perturb(
         for _ in range(steps):
             adversarial.requires_grad_(True)
             with torch.enable_grad():
-                (gradient,) = torch.autograd.grad(objective(_logits(model, adversarial)), [adversarial])
+                (gradient,) = torch.autograd.grad(objective(float_logits(model, adversarial)), [adversarial])
             adversarial = torch.clamp(adversarial.detach() + step_size * box.unit * gradient.sign(), low, high)
     return adversarial.detach()
 
@@ -153,7 +125,7 @@ def madry_loss(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tenso
     """
     adversarial = pgd_perturb(attack_model or model, pixel_values, lambda logits: F.cross_entropy(logits, labels),
                               box, epsilon=epsilon, step_size=step_size, steps=steps, start="uniform")
-    logits = _logits(model, adversarial)
+    logits = float_logits(model, adversarial)
     return F.cross_entropy(logits, labels), logits
 
 
@@ -164,13 +136,13 @@ def trades_loss(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tens
 
     Returns the loss and the clean logits.
     """
-    logits = _logits(model, pixel_values)
+    logits = float_logits(model, pixel_values)
     target = logits.detach().softmax(-1)
     adversarial = pgd_perturb(
         attack_model or model, pixel_values,
         lambda perturbed: F.kl_div(perturbed.log_softmax(-1), target, reduction="batchmean"), box,
         epsilon=epsilon, step_size=step_size, steps=steps, start="gaussian")
-    robust = F.kl_div(_logits(model, adversarial).log_softmax(-1), logits.softmax(-1), reduction="batchmean")
+    robust = F.kl_div(float_logits(model, adversarial).log_softmax(-1), logits.softmax(-1), reduction="batchmean")
     return F.cross_entropy(logits, labels) + beta * robust, logits
 
 
@@ -179,7 +151,7 @@ class AdversarialTrainer(ModelCardMixin, Trainer):
 
     The attack needs to know what one pixel is in the model's input: pass the image processor as
     ``processing_class`` (its rescale and normalisation), or a
-    :class:`~nullspace_hf.evaluation.pixels.PixelTransform` as ``pixel_transform``.
+    :class:`~nullspace_hf.pixels.PixelTransform` as ``pixel_transform``.
 
     Args:
         model: an image-classification model (``model(pixel_values=...).logits``).

@@ -5,7 +5,7 @@
 - Fig. 4: :class:`RoundMetricsCallback`: noise statistics and test metrics at each fine-tuning round.
 - Fig. 5: :func:`scaling_curve` (α·v) and :func:`combination_grid` (α₁v₁ + α₂v₂).
 
-The plots are drawn by ``recipes/reproduce_cifar10.py``.
+The figures are drawn by :mod:`nullspace_hf.plots`.
 """
 
 from __future__ import annotations

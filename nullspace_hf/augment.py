@@ -11,7 +11,7 @@ noise) and draws mixup's λ uniformly (Beta(1, 1); the authors: Beta(0.8, 0.8)).
 is the authors'.
 
 Per-image operations act in [0, 1] pixel space, between the image processor's resizing and its
-normalisation (:class:`~nullspace_hf.evaluation.pixels.PixelTransform`), as timm's do.
+normalisation (:class:`~nullspace_hf.pixels.PixelTransform`), as timm's do.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adversarial import InputBox
-from .evaluation.pixels import PixelTransform
+from .pixels import PixelTransform
 
 
 def soft_targets(labels: torch.Tensor, num_labels: int, smoothing: float) -> torch.Tensor:
@@ -64,9 +63,7 @@ class BatchAugmentation(nn.Module):
 
         self.num_labels, self.mixup_prob, self.mixup_switch_prob = num_labels, mixup_prob, mixup_switch_prob
         self.label_smoothing = label_smoothing
-        box = InputBox.from_transform(pixel_transform)  # model input = pixels · unit + lower
-        self.register_buffer("scale", box.unit, persistent=False)
-        self.register_buffer("offset", box.lower, persistent=False)
+        self.pixel_transform = pixel_transform
         self.crop_min_scale = crop_min_scale
         self.crop: tuple[tuple[int, int], nn.Module] | None = None  # (image size, its crop), built on first use
         self.flip = K.RandomHorizontalFlip(p=horizontal_flip_prob) if horizontal_flip_prob > 0 else None
@@ -90,13 +87,13 @@ class BatchAugmentation(nn.Module):
     def images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The per-image part (crop, flip, RandAugment, random erasing) on normalised model inputs."""
         dtype = pixel_values.dtype
-        pixels = ((pixel_values.float() - self.offset) / self.scale).clamp(0, 1)
+        pixels = self.pixel_transform.to_pixels(pixel_values.float()).clamp(0, 1)
         if self.crop_min_scale < 1:
             pixels = self._crop_for(tuple(pixels.shape[-2:]))(pixels).clamp(0, 1)
         for part in (self.flip, self.rand_augment, self.erase):
             if part is not None:
                 pixels = part(pixels)
-        return (pixels.clamp(0, 1) * self.scale + self.offset).to(dtype)
+        return self.pixel_transform.to_model_input(pixels.clamp(0, 1)).to(dtype)
 
     def _crop_for(self, size: tuple[int, int]) -> nn.Module:
         """RandomResizedCrop back to ``size`` (built once per image size)."""

@@ -241,4 +241,6 @@ class NullspaceConfig(TrainingArguments):
             raise ValueError("Invalid NullspaceConfig: " + "; ".join(problems) + ".")
         if not self.use_cpu and launched_without_accelerator():
             self.use_cpu = True  # a real multi-process CPU run instead of the whole job once per process
+        if self.use_cpu or not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # no device memory to pin for: torch warns on every DataLoader
         super().__post_init__()

@@ -1,4 +1,12 @@
-"""Locating the patch embedding of a Hugging Face vision model, and loading models by name or path."""
+"""Model plumbing: where a Hugging Face vision model embeds its patches, how it is run, and loading it.
+
+* :func:`patch_embedding`, :func:`patch_projection`, :func:`patch_grid`: the patch ``Conv2d``, where the
+  noise goes, and the grid of patch tokens an image becomes;
+* :func:`frozen_eval`, :func:`eager_attention`: run a model in eval mode without weight gradients, or
+  with attention maps;
+* :func:`float_logits`: a forward pass to float32 logits;
+* :func:`check_model_source`, :func:`load_model`: load a model by path or Hub id.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedModel
 
@@ -20,7 +29,7 @@ class PatchEmbedding:
 
     Attributes:
         projection: the ``Conv2d`` (stride equal to kernel, no padding) that maps every patch to a token;
-            its weight is the linear map of the exact nullspace (:mod:`nullspace_hf.linalg`).
+            its weight is the linear map of the exact nullspace (:mod:`nullspace_hf.nullspace`).
         module: the module whose output receives the noise (a forward hook): the patch tokens before the
             CLS token is prepended and the position embeddings are added.
         layout: ``"tokens"``: ``module`` returns ``(batch, num_patches, hidden)``, alone or first in a tuple;
@@ -121,35 +130,110 @@ def load_model(name_or_path: str, *, for_classification: bool = False) -> PreTra
 
     Args:
         name_or_path: a directory written by ``save_pretrained`` or a Hub model id.
-        for_classification: load with ``AutoModelForImageClassification`` (to get predictions)
-            instead of ``AutoModel``.
+        for_classification: load with ``AutoModelForImageClassification`` (to get predictions); otherwise the
+            class the checkpoint was saved from (its ``config.architectures``), so that every stored weight has
+            its place and transformers reports no unused weights, else ``AutoModel``.
 
     Raises:
         ValueError: the path or id holds no loadable model.
     """
+    import transformers
+
     check_model_source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path)
-        auto = AutoModelForImageClassification if for_classification else AutoModel
+        saved_as = getattr(transformers, (config.architectures or [""])[0], None)
+        auto = AutoModelForImageClassification if for_classification else saved_as or AutoModel
         return auto.from_pretrained(name_or_path, config=config)
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"Could not load a model from {name_or_path!r}: {error}") from error
 
 
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no weight gradients inside the block; both restored afterwards.
+@dataclass(frozen=True)
+class PatchGrid:
+    """The grid of patch tokens a model makes of an image.
 
-    Noise synthesis and adversarial example search only need gradients with respect to their input.
+    Attributes:
+        patch_size: ``(r_h, r_w)``, the kernel of the patch ``Conv2d``.
+        rows, cols: patches per column and per row; the model's ``rows·cols`` patch tokens are the last
+            tokens of its sequence (after the CLS and any distillation or register tokens), row by row.
     """
-    was_training = model.training
-    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-    model.eval()
-    for parameter, _ in flags:
-        parameter.requires_grad_(False)
+
+    patch_size: tuple[int, int]
+    rows: int
+    cols: int
+
+    @classmethod
+    def for_image(cls, patch_size: tuple[int, int], height: int, width: int) -> PatchGrid:
+        """The grid of ``patch_size`` patches on a ``height × width`` image, as a stride-equals-kernel ``Conv2d``
+        lays it: pixels left over at the right and bottom are dropped."""
+        return cls(patch_size, height // patch_size[0], width // patch_size[1])
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patch tokens, ``rows·cols``."""
+        return self.rows * self.cols
+
+    def tiles(self, height: int, width: int) -> bool:
+        """Whether the patches cover a ``height × width`` image exactly (no pixels left over)."""
+        return (self.rows * self.patch_size[0], self.cols * self.patch_size[1]) == (height, width)
+
+
+def patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> PatchGrid:
+    """The patch grid of ``model`` for a ``(batch, channels, height, width)`` batch: the output grid of its
+    patch ``Conv2d`` (:func:`patch_projection`), which drops pixels left over at the right and bottom.
+
+    Raises:
+        ValueError: ``pixel_values`` is not a 4-d batch, or the model has no patch embedding.
+    """
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {tuple(pixel_values.shape)}.")
+    patch_h, patch_w = patch_projection(model).kernel_size
+    return PatchGrid.for_image((patch_h, patch_w), *pixel_values.shape[-2:])
+
+
+@contextmanager
+def frozen_eval(*models: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no weight gradients for ``models`` inside the block; both restored afterwards.
+
+    Noise synthesis, adversarial example search, attacks and saliency maps need gradients with respect to
+    their input only; with the weights frozen, their backward passes leave every ``.grad`` untouched, also
+    when they run in the middle of training.
+    """
+    states = [(model, model.training, [(parameter, parameter.requires_grad) for parameter in model.parameters()])
+              for model in models]
+    for model, _, flags in states:
+        model.eval()
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
     try:
         yield
     finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-        model.train(was_training)
+        for model, was_training, flags in reversed(states):
+            for parameter, flag in flags:
+                parameter.requires_grad_(flag)
+            model.train(was_training)
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Switch ``model`` to eager attention (SDPA and flash kernels return no attention maps), then back."""
+    previous = model.config._attn_implementation
+    if previous != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if previous != "eager":
+            model.set_attn_implementation(previous)
+
+
+def float_logits(model: nn.Module, inputs: dict[str, Any] | torch.Tensor) -> torch.Tensor:
+    """The logits of one forward pass, in float32.
+
+    Args:
+        model: an image classifier; a model whose output has no ``logits`` gives its first output.
+        inputs: the model's keyword inputs, or a ``pixel_values`` tensor.
+    """
+    output = model(pixel_values=inputs) if isinstance(inputs, torch.Tensor) else model(**inputs)
+    return (output.logits if hasattr(output, "logits") else output[0]).float()

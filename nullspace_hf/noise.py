@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .modeling import frozen_eval, patch_embedding
+from .modeling import float_logits, frozen_eval, patch_embedding
 
 Batch = Mapping[str, Any] | torch.Tensor
 
@@ -251,11 +251,6 @@ def _model_inputs(batch: Batch, device: torch.device) -> dict[str, Any]:
     }
 
 
-def _logits(model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    output = model(**inputs)
-    return output.logits if hasattr(output, "logits") else output[0]
-
-
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -297,7 +292,7 @@ def _with_clean_logits(
             continue
         inputs = _model_inputs(next(stream), device)
         with torch.no_grad():
-            pair = (inputs, _logits(model, inputs))
+            pair = (inputs, float_logits(model, inputs))
         if reuse_batches:
             kept.append(pair)
         yield pair
@@ -315,7 +310,7 @@ def _scaled_distance(
 
     def distance(scale: float) -> float:
         with torch.no_grad(), injector.applied(direction * scale):
-            return _global_mean(probability_distance(clean, _logits(model, inputs)))
+            return _global_mean(probability_distance(clean, float_logits(model, inputs)))
 
     return distance
 
@@ -403,7 +398,7 @@ def synthesize_noise(
         steps, mse_prob = 0, math.inf
         while True:
             with injector.applied(noise):
-                noisy = _logits(model, inputs)
+                noisy = float_logits(model, inputs)
             mse_prob = _global_mean(probability_distance(clean, noisy))
             if mse_prob < eps or steps >= max_steps:
                 break
@@ -464,7 +459,7 @@ def random_noise(
         steps, reached, mse_prob, start_mse_prob = 0, False, math.inf, math.nan
         while True:
             with injector.applied(noise):
-                mse_prob = _global_mean(probability_distance(clean, _logits(model, inputs)))
+                mse_prob = _global_mean(probability_distance(clean, float_logits(model, inputs)))
             if steps == 0:
                 start_mse_prob = mse_prob
             if mse_prob < eps:
@@ -491,9 +486,9 @@ def noise_influence(model: nn.Module, batches: Iterable[Batch], noise: torch.Ten
     with NoiseInjector(model) as injector, frozen_eval(model):
         for batch in batches:
             inputs = _model_inputs(batch, device)
-            clean = _logits(model, inputs)
+            clean = float_logits(model, inputs)
             with injector.applied(noise.to(device)):
-                noisy = _logits(model, inputs)
+                noisy = float_logits(model, inputs)
             distances.append(probability_distance(clean, noisy))
             matches.append((clean.argmax(-1) == noisy.argmax(-1)).float())
     if not distances:

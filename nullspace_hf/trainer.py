@@ -30,9 +30,9 @@ from .checkpoint import (
 from .checks import NonFiniteError, check_finite_weights, check_output_dir, check_writable
 from .config import NullspaceConfig
 from .data import check_label_range
-from .evaluation.pixels import PixelTransform
 from .hub import ModelCardMixin
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
+from .pixels import PixelTransform
 
 __all__ = ["EMA_FILE", "HISTORY_FILE", "LOSS_TERM", "NOISE_FILE", "NullspaceTrainer"]
 LOSS_TERM = "nullspace_loss_term"  # key of the inputs that asks compute_loss for one term of Eq. 6

@@ -33,15 +33,14 @@ from nullspace_hf.applications import (
     embed_watermark,
     map_correlation,
     nullspace_fingerprint,
-    plot_saliency_triplet,
-    plot_watermark,
     saliency_maps,
     targeted_image,
 )
-from nullspace_hf.applications.nullspace_fit import nullspace_least_squares, pixel_nullspace
-from nullspace_hf.applications.pixels import PixelSpace
+from nullspace_hf.applications.nullspace_fit import pixel_nullspace
 from nullspace_hf.data import TensorRows, digits_dataset
 from nullspace_hf.modeling import patch_projection
+from nullspace_hf.pixels import PixelTransform
+from nullspace_hf.plots import plot_saliency_triplet, plot_watermark
 
 CIFAR_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -146,15 +145,15 @@ def low_frequency_share(model, processor) -> float:
     About nullity / (c·r²) for a random patch embedding; smaller when training has aligned the row
     space with the smooth content of natural images.
     """
-    space = pixel_nullspace(model, PixelSpace.from_processor(processor, model.config.num_channels))
-    channels, (height, width) = model.config.num_channels, space.patches.patch_size
+    space = pixel_nullspace(model, PixelTransform.from_processor(processor, model.config.num_channels))
+    channels, (height, width) = model.config.num_channels, space.patch_size
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     directions = []
     for channel, fy, fx in itertools.product(range(channels), range(2), range(2)):
         patch = np.zeros((channels, height, width))
         patch[channel] = np.cos(np.pi * fy * (rows + 0.5) / height) * np.cos(np.pi * fx * (cols + 0.5) / width)
         directions.append(patch.reshape(-1) / np.linalg.norm(patch))
-    fitted = nullspace_least_squares(torch.tensor(np.array(directions)), space)
+    fitted = space.project_patches(torch.tensor(np.array(directions)))
     return float(fitted.square().sum(dim=-1).mean())
 
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
 from accelerate import PartialState
 from datasets import Dataset
@@ -48,6 +47,7 @@ from nullspace_hf.data import (
 from nullspace_hf.evaluation import RobustnessReport, evaluate_robustness
 from nullspace_hf.evaluation.metrics import mean_corruption_error
 from nullspace_hf.parsing import run_command
+from nullspace_hf.plots import plot_noise_combinations, plot_noise_dynamics, plot_regularization_sweep
 from nullspace_hf.scripts.pretrain import PretrainArguments, pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -469,79 +469,6 @@ def markdown_tables(table: dict[str, dict[str, Any]], reference_row: dict[str, f
     return "\n".join(lines) + "\n"
 
 
-# ---- figures ----
-
-def plot_fig3(records: list[dict[str, float]], path: Path) -> None:
-    """Fig. 3: match rate and MSE probability of learned (solid) and permuted (dashed) noise, and the norm."""
-    strengths = [r["strength"] for r in records]
-    positions = range(len(strengths))
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for kind, style in (("learned", "-o"), ("permuted", "--s")):
-        axes[0].plot(positions, [100 * r[f"{kind}_match_rate"] for r in records], style, label=kind)
-        axes[1].plot(positions, [r[f"{kind}_mse_prob"] for r in records], style, label=kind)
-    axes[2].plot(positions, [r["norm"] for r in records], "-o")
-    for axis, title in zip(axes, ("matching predictions (%)", "MSE probability", "noise L2 norm"), strict=True):
-        axis.set_xticks(list(positions), [f"{s:g}" for s in strengths])
-        axis.set_xlabel("regularisation strength λ (Eq. 4)")
-        axis.set_title(title)
-    axes[0].legend()
-    axes[1].set_yscale("log")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def plot_fig4(nullspace: dict[str, Any], vanilla: dict[str, Any] | None, path: Path) -> None:
-    """Fig. 4: noise norm and synthesis steps per round; test metrics over steps relative to their start."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    history = nullspace["noise_history"]
-    steps = [r["step"] for r in history]
-    axes[0].plot(steps, [r["norm"] for r in history], "-o", label="noise L2 norm")
-    twin = axes[0].twinx()
-    twin.plot(steps, [r["steps"] for r in history], "--s", color="tab:gray", label="synthesis steps")
-    axes[0].set_xlabel("fine-tuning step")
-    axes[0].set_ylabel("noise L2 norm")
-    twin.set_ylabel("synthesis steps")
-    axes[0].set_title("learned noise per round (all reached ε)" if all(r["reached"] for r in history)
-                      else "learned noise per round")
-    for run, style in ((nullspace, "-"), (vanilla, ":")):
-        if not run or not run["rounds"]:
-            continue
-        first = run["rounds"][0]
-        for metric, color in (("clean", "tab:blue"), ("fgsm", "tab:red"), ("corruption", "tab:green")):
-            axes[1].plot([r["step"] for r in run["rounds"]], [r[metric] / first[metric] for r in run["rounds"]],
-                         style, color=color, label=f"{run['method']}: {metric}")
-    axes[1].set_xlabel("fine-tuning step")
-    axes[1].set_ylabel("value / value at step 0")
-    axes[1].set_title("test metrics (solid: nullspace, dotted: vanilla)")
-    axes[1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def plot_fig5(fig5: dict[str, Any], path: Path) -> None:
-    """Fig. 5: MSE probability of α·v (with the line α·ε) and the α₁v₁ + α₂v₂ heat-map."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    alphas = fig5["alphas"]
-    axes[0].plot(alphas, fig5["scaling"], "-o", label="α·v")
-    axes[0].plot(alphas, [a * fig5["eps"] for a in alphas], ":", color="gray", label="α·ε")
-    axes[0].set_xlabel("α")
-    axes[0].set_ylabel("MSE probability")
-    axes[0].set_yscale("log")
-    axes[0].legend()
-    axes[0].set_title(f"scalar multiples (mean of {len(fig5['noises'])} noises)")
-    image = axes[1].imshow(fig5["grid"], origin="lower", cmap="viridis",
-                           extent=(-0.05, fig5["grid_alphas"][-1] + 0.05, -0.05, fig5["grid_alphas"][-1] + 0.05))
-    axes[1].set_xlabel("α₂")
-    axes[1].set_ylabel("α₁")
-    axes[1].set_title("α₁v₁ + α₂v₂: MSE probability")
-    figure.colorbar(image, ax=axes[1])
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
 # ---- driver ----
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -623,13 +550,17 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
         markdown_tables(table, reference_row, args.method_list, args.eps_list) + "\n"
         + effect_table(effects, args.method_list), encoding="utf-8")
     if analysis:
-        plot_fig3(analysis["fig3"], report_dir / "fig3_learned_vs_permuted.png")
-        plot_fig5(analysis["fig5"], report_dir / "fig5_scaling_and_combination.png")
+        plot_regularization_sweep(analysis["fig3"], report_dir / "fig3_learned_vs_permuted.png")
+        fig5 = analysis["fig5"]
+        plot_noise_combinations(fig5["alphas"], fig5["scaling"], fig5["grid_alphas"], fig5["grid"],
+                                report_dir / "fig5_scaling_and_combination.png", eps=fig5["eps"],
+                                num_noises=len(fig5["noises"]))
     first_seed = args.seed_list[0]
     nullspace_run = results.get(RunSpec("nullspace", MAIN_EPS, first_seed).name)
     if nullspace_run:
-        plot_fig4(nullspace_run, results.get(RunSpec("vanilla", MAIN_EPS, first_seed).name),
-                  report_dir / "fig4_rounds.png")
+        runs = (nullspace_run, results.get(RunSpec("vanilla", MAIN_EPS, first_seed).name))
+        plot_noise_dynamics(nullspace_run["noise_history"], report_dir / "fig4_rounds.png", eps=MAIN_EPS,
+                            round_metrics={run["method"]: run["rounds"] for run in runs if run})
     pretrain_metrics = json.loads((pretrained / "pretrain_metrics.json").read_text()) \
         if (pretrained / "pretrain_metrics.json").is_file() else {}
     summary = {"arguments": dataclasses.asdict(args), "pretrained": {"metrics": pretrain_metrics, **reference_row},

@@ -7,16 +7,9 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments, ViTImageProcessor
 
-from nullspace_hf.adversarial import (
-    AdversarialConfig,
-    AdversarialTrainer,
-    InputBox,
-    madry_loss,
-    pgd_perturb,
-    trades_loss,
-)
+from nullspace_hf.adversarial import AdversarialConfig, AdversarialTrainer, madry_loss, pgd_perturb, trades_loss
 from nullspace_hf.data import TensorRows
-from nullspace_hf.evaluation.pixels import PixelSpaceClassifier, PixelTransform
+from nullspace_hf.pixels import InputBox, PixelSpaceClassifier, PixelTransform
 
 from .helpers import digits_tensors, make_tiny_model, train_briefly
 

@@ -13,20 +13,19 @@ from transformers import ViTImageProcessor
 
 from nullspace_hf.applications import (
     NullspaceFingerprint,
-    PixelSpace,
     attention_rollout,
     compare_fingerprints,
     embed_watermark,
     grad_cam,
     map_correlation,
     nullspace_fingerprint,
-    plot_saliency_triplet,
-    plot_watermark,
     saliency_maps,
     targeted_image,
 )
-from nullspace_hf.applications.nullspace_fit import bounded_nullspace_fit, nullspace_least_squares, pixel_nullspace
+from nullspace_hf.applications.nullspace_fit import bounded_nullspace_fit, pixel_nullspace
 from nullspace_hf.modeling import patch_projection
+from nullspace_hf.pixels import PixelTransform
+from nullspace_hf.plots import plot_saliency_triplet, plot_watermark
 
 from .helpers import make_tiny_model
 
@@ -59,7 +58,7 @@ def logo(size: int = SIZE) -> Image.Image:
 
 def patch_embedding_of(model, pixels: torch.Tensor, processor) -> torch.Tensor:
     """The patch-embedding conv output (without bias) of [0, 1] pixels, in float64."""
-    inputs = PixelSpace.from_processor(processor, 3).to_model_input(pixels.to(torch.float64))
+    inputs = PixelTransform.from_processor(processor, 3).to_model_input(pixels.to(torch.float64))
     weight = patch_projection(model).weight.detach().to(torch.float64)
     return torch.nn.functional.conv2d(inputs, weight, stride=weight.shape[-1])
 
@@ -108,8 +107,8 @@ def test_watermark_must_account_for_the_processor_normalisation(model):
     processor = PROCESSORS["imagenet"]
     original = torch.from_numpy(np.asarray(smooth_image(0), dtype=np.float64) / 255).permute(2, 0, 1)[None]
     goal = torch.from_numpy(np.asarray(logo(), dtype=np.float64) / 255).permute(2, 0, 1)[None]
-    naive = bounded_nullspace_fit(original, goal, pixel_nullspace(model, PixelSpace.identity(3)))
-    correct = bounded_nullspace_fit(original, goal, pixel_nullspace(model, PixelSpace.from_processor(processor, 3)))
+    naive = bounded_nullspace_fit(original, goal, pixel_nullspace(model, PixelTransform.identity(3)))
+    correct = bounded_nullspace_fit(original, goal, pixel_nullspace(model, PixelTransform.from_processor(processor, 3)))
     reference = patch_embedding_of(model, original, processor)
     naive_change = (patch_embedding_of(model, naive, processor) - reference).abs().max()
     correct_change = (patch_embedding_of(model, correct, processor) - reference).abs().max()
@@ -142,14 +141,14 @@ def _tiny_space(seed: int = 0):
     """One-channel patch 4 (n = 16), hidden 6: nullity 10."""
     net = make_tiny_model("vit", seed=seed, num_channels=1, patch_size=4, image_size=4, hidden_size=6,
                           num_attention_heads=1)
-    return pixel_nullspace(net, PixelSpace.identity(1))
+    return pixel_nullspace(net, PixelTransform.identity(1))
 
 
 def test_unconstrained_fit_is_the_least_squares_projection():
     space = _tiny_space()
     origin = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
     change = 0.1 * torch.randn(1, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    fit = nullspace_least_squares(space.patches.to_patches(change), space).reshape(-1)
+    fit = space.project_patches(space.to_patches(change)).reshape(-1)
     coefficients = torch.linalg.lstsq(space.basis.T, change.reshape(-1, 1)).solution
     assert torch.allclose(fit, (space.basis.T @ coefficients).reshape(-1), atol=1e-12)
     assert torch.allclose(bounded_nullspace_fit(origin, origin + change, space).reshape(-1), origin.reshape(-1) + fit,

@@ -9,8 +9,8 @@ from transformers import ViTImageProcessor
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.augment import BatchAugmentation, soft_targets
 from nullspace_hf.data import TensorRows
+from nullspace_hf.pixels import PixelTransform
 from nullspace_hf.trainer import LOSS_TERM
-from nullspace_hf.evaluation.pixels import PixelTransform
 
 from .helpers import digits_tensors, make_tiny_model
 

@@ -20,13 +20,10 @@ from nullspace_hf.evaluation import (
     PGD,
     CarliniWagnerL2,
     PatchFool,
-    PixelSpaceClassifier,
-    PixelTransform,
     RobustnessReport,
     corrupt_pixels,
     corruption_error,
     evaluate_robustness,
-    images_to_pixels,
     load_ood_dataset,
     mean_corruption_error,
 )
@@ -37,6 +34,7 @@ from nullspace_hf.evaluation.imagenet_classes import (
     IMAGENET_WNIDS,
     WNID_TO_INDEX,
 )
+from nullspace_hf.pixels import PixelSpaceClassifier, PixelTransform, images_to_pixels
 
 from .helpers import make_tiny_model
 
@@ -388,3 +386,20 @@ def test_bad_input_gives_one_clear_error(digits, change, message):
     with pytest.raises(ValueError, match=message) as error:
         evaluate_robustness(arguments.pop("model"), arguments.pop("dataset"), **arguments)
     assert "\n" not in str(error.value)
+
+
+def test_an_empty_spatter_mask_leaves_the_image_unchanged(monkeypatch):
+    """imagecorruptions' spatter divides by its mud mask's maximum, 0 for an empty mask on a small image."""
+    import numpy as np
+
+    import nullspace_hf.evaluation.corruptions as corruptions
+
+    class Library:
+        @staticmethod
+        def corrupt(image, corruption_name, severity, **options):
+            return image / np.zeros_like(image, dtype=np.float64)  # 0/0 and x/0, as the library's empty mask
+
+    monkeypatch.setattr(corruptions, "_imagecorruptions", lambda: Library)
+    pixels = torch.rand(2, 3, 32, 32)
+    out = corruptions.corrupt_pixels(pixels, "spatter", 5, [0, 1])
+    torch.testing.assert_close(out, corruptions.from_8bit(corruptions.to_8bit(pixels)).float(), atol=0, rtol=0)

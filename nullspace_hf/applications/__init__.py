@@ -4,11 +4,13 @@
 * :func:`targeted_image` — an image that looks like one picture and is seen as another (App. F, Fig. 7);
 * :func:`attention_rollout`, :func:`grad_cam` — saliency maps to compare them (Figs. 7b, 8);
 * :func:`nullspace_fingerprint`, :func:`compare_fingerprints` — does a checkpoint derive from another (§6)?
+
+Their figures (Figs. 6, 7) are drawn by :func:`nullspace_hf.plots.plot_watermark` and
+:func:`nullspace_hf.plots.plot_saliency_triplet`.
 """
 
-from .figures import plot_saliency_triplet, plot_watermark
+from .._deprecated import moved_names
 from .fingerprint import FingerprintMatch, NullspaceFingerprint, compare_fingerprints, nullspace_fingerprint
-from .pixels import PixelSpace
 from .saliency import attention_rollout, grad_cam, map_correlation, saliency_maps
 from .targeted import TargetedResult, targeted_image
 from .watermark import WatermarkResult, embed_watermark
@@ -16,7 +18,6 @@ from .watermark import WatermarkResult, embed_watermark
 __all__ = [
     "FingerprintMatch",
     "NullspaceFingerprint",
-    "PixelSpace",
     "TargetedResult",
     "WatermarkResult",
     "attention_rollout",
@@ -25,8 +26,9 @@ __all__ = [
     "grad_cam",
     "map_correlation",
     "nullspace_fingerprint",
-    "plot_saliency_triplet",
-    "plot_watermark",
     "saliency_maps",
     "targeted_image",
 ]
+
+__getattr__ = moved_names(__name__, {"PixelSpace": "nullspace_hf.pixels:PixelTransform",
+                                     "plot_saliency_triplet": "nullspace_hf.plots", "plot_watermark": "nullspace_hf.plots"})

@@ -10,8 +10,7 @@ from transformers import AutoImageProcessor, BaseImageProcessor
 from transformers.utils import logging as hf_logging
 
 from ..modeling import load_model
-from .inference import model_logits
-from .pixels import PixelSpace, to_pixels
+from ..pixels import PixelSpaceClassifier, PixelTransform, pixels_for_model
 from .watermark import embed_watermark
 
 
@@ -45,8 +44,8 @@ def run_watermark(args: argparse.Namespace) -> dict:
         marked.save(args.out)
     except (OSError, ValueError) as error:
         raise ValueError(f"Could not write --out {args.out!r}: {error}") from error
-    pixel_space = PixelSpace.from_processor(processor, model.config.num_channels)
-    saved_logits = model_logits(model, to_pixels(marked, model, processor)[None], pixel_space)[0]
+    classifier = PixelSpaceClassifier(model, PixelTransform.from_processor(processor, model.config.num_channels))
+    saved_logits = classifier.logits(pixels_for_model(marked, model, processor)[None])[0]
     id2label = model.config.id2label
     summary = {
         "out": args.out,
@@ -57,7 +56,7 @@ def run_watermark(args: argparse.Namespace) -> dict:
         "psnr_db": result.psnr,
     }
     if args.figure:
-        from .figures import plot_watermark
+        from ..plots import plot_watermark
 
         plot_watermark(result, args.figure, id2label)
         summary["figure"] = args.figure

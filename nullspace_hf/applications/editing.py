@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 from transformers import BaseImageProcessor, PreTrainedModel
 
-from .inference import model_logits
+from ..pixels import PixelSpaceClassifier, PixelTransform, pixels_for_model
 from .nullspace_fit import bounded_nullspace_fit, pixel_nullspace
-from .pixels import PixelSpace, to_pixels
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def nullspace_edit(
     Args:
         model: a ViT-family image classifier.
         image, goal: PIL images or ``(c, H, W)`` tensors of [0, 1] pixels (see
-            :func:`~nullspace_hf.applications.pixels.to_pixels`).
+            :func:`~nullspace_hf.pixels.pixels_for_model`).
         processor: the model's image processor; it defines the resizing and the normalisation
             whose per-channel scale maps pixel changes to model-input changes. ``None``: the model
             takes [0, 1] pixels as they are.
@@ -68,17 +67,17 @@ def nullspace_edit(
     """
     if not strength > 0:
         raise ValueError(f"strength must be a positive number (1 aims at the {names[1]} itself), got {strength}.")
-    pixel_space = PixelSpace.from_processor(processor, model.config.num_channels)
-    space = pixel_nullspace(model, pixel_space)
-    original = to_pixels(image, model, processor, name=names[0])
-    target = to_pixels(goal, model, processor, name=names[1])
+    transform = PixelTransform.from_processor(processor, model.config.num_channels)
+    space = pixel_nullspace(model, transform)
+    original = pixels_for_model(image, model, processor, name=names[0])
+    target = pixels_for_model(goal, model, processor, name=names[1])
     if original.shape != target.shape:
         raise ValueError(
             f"{names[0]} and {names[1]} must have the same size, got {tuple(original.shape)} and {tuple(target.shape)}."
         )
     aim = original + strength * (target - original)
     edited = bounded_nullspace_fit(original[None], aim[None], space)[0]
-    logits = model_logits(model, torch.stack([original, edited]), pixel_space)
+    logits = PixelSpaceClassifier(model, transform).logits(torch.stack([original, edited]))
     return NullspaceEdit(
         original=original.to(torch.float32),
         edited=edited.to(torch.float32),

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from scipy.linalg import subspace_angles
 from torch import nn
 
-from ..linalg import patch_embedding_nullspace
+from ..nullspace import patch_embedding_nullspace
 
 
 @dataclass(frozen=True)

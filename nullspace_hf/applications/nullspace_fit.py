@@ -1,43 +1,26 @@
 """Least-squares fits of image changes by patch-embedding nullspace vectors (paper App. E, Eq. 12).
 
-Everything here works in [0, 1] pixel space, patch by patch. A model input ``y = S·p + o`` (``S``
-the per-element scale of :class:`~nullspace_hf.applications.pixels.PixelSpace`) changes by ``S·Δp``,
-so the pixel changes the patch embedding ``W`` cannot see are ``S⁻¹·N`` with ``N`` its nullspace:
-:func:`pixel_nullspace` builds orthonormal bases of that space and of its orthogonal complement.
+Everything here works in [0, 1] pixel space, patch by patch: :func:`pixel_nullspace` is the model's
+patch-embedding nullspace in pixel coordinates (:meth:`~nullspace_hf.nullspace.PatchNullspace.in_pixel_space`),
+and :func:`bounded_nullspace_fit` finds the nullspace change closest to a goal image within the valid
+pixel range.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import PreTrainedModel
 
-from ..linalg import PatchNullspace, patch_embedding_nullspace
-from .pixels import PixelSpace
+from ..nullspace import PatchNullspace, patch_embedding_nullspace
+from ..pixels import PixelTransform
 
 
-@dataclass(frozen=True)
-class PixelNullspace:
-    """The patch-embedding nullspace expressed in [0, 1] pixel space.
-
-    Attributes:
-        patches: the model-input nullspace (for ``to_patches`` / ``from_patches``).
-        basis: ``(nullity, c·r²)`` float64, orthonormal rows spanning the pixel-space nullspace.
-        complement: ``(rank, c·r²)`` float64, orthonormal rows spanning its orthogonal complement.
-    """
-
-    patches: PatchNullspace
-    basis: torch.Tensor
-    complement: torch.Tensor
-
-
-def pixel_nullspace(model: PreTrainedModel, pixel_space: PixelSpace) -> PixelNullspace:
-    """Map the exact patch-embedding nullspace (§3.1, Eq. 2) to [0, 1] pixel space.
+def pixel_nullspace(model: PreTrainedModel, transform: PixelTransform) -> PatchNullspace:
+    """The exact patch-embedding nullspace (§3.1, Eq. 2) of ``model`` in [0, 1] pixel space, for inputs
+    made by ``transform``.
 
     The rank is decided once, on the stored weight, by :func:`~nullspace_hf.patch_embedding_nullspace`;
-    the basis ``B`` of the model-input nullspace is then scaled by ``S⁻¹`` element-wise and
-    re-orthonormalised with a complete QR factorisation, whose trailing columns give the complement.
+    :meth:`~nullspace_hf.nullspace.PatchNullspace.in_pixel_space` then changes the coordinates.
 
     Raises:
         ValueError: the nullspace is empty, so no image change is invisible to the model.
@@ -49,34 +32,7 @@ def pixel_nullspace(model: PreTrainedModel, pixel_space: PixelSpace) -> PixelNul
             f"{nullspace.patch_dim}): there is nothing to embed an image change in. Use a model whose hidden size "
             "is smaller than channels × patch², such as ViT-T/16 or ViT-B/32."
         )
-    patch_h, patch_w = nullspace.patch_size
-    scale = pixel_space.scale.repeat_interleave(patch_h * patch_w)
-    q, _ = torch.linalg.qr((nullspace.basis / scale).T, mode="complete")
-    return PixelNullspace(
-        patches=nullspace,
-        basis=q[:, : nullspace.nullity].T.contiguous(),
-        complement=q[:, nullspace.nullity :].T.contiguous(),
-    )
-
-
-def nullspace_least_squares(change: torch.Tensor, space: PixelNullspace) -> torch.Tensor:
-    """App. E, Eq. 12 (p = 2): per patch, the nullspace vector ``Σ_i e_i λ_i`` closest to ``Δx_j``.
-
-    With an orthonormal basis ``E`` the least-squares coefficients are ``λ = E Δx_j`` and the fit is
-    the orthogonal projection ``Eᵀ E Δx_j``, computed as ``Δx_j − Cᵀ C Δx_j`` with the complement
-    basis ``C`` when that one is smaller.
-
-    Args:
-        change: ``(…, c·r²)`` float64 patch vectors ``Δx_j`` in pixel space (see
-            :meth:`~nullspace_hf.PatchNullspace.to_patches`).
-        space: the pixel-space nullspace.
-
-    Returns:
-        The fitted patch vectors, invisible to the patch embedding.
-    """
-    if space.basis.shape[0] <= space.complement.shape[0]:
-        return (change @ space.basis.T) @ space.basis
-    return change - (change @ space.complement.T) @ space.complement
+    return nullspace.in_pixel_space(transform)
 
 
 def _largest_feasible_step(origin: torch.Tensor, step: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
@@ -89,7 +45,7 @@ def _largest_feasible_step(origin: torch.Tensor, step: torch.Tensor, lower: floa
 def bounded_nullspace_fit(
     origin: torch.Tensor,
     goal: torch.Tensor,
-    space: PixelNullspace,
+    space: PatchNullspace,
     *,
     lower: float = 0.0,
     upper: float = 1.0,
@@ -113,7 +69,7 @@ def bounded_nullspace_fit(
     Args:
         origin: ``(B, c, H, W)`` float64 pixels inside the box (the image the model must keep seeing).
         goal: ``(B, c, H, W)`` float64 pixels to approach (watermarked or target image).
-        space: the pixel-space nullspace.
+        space: the nullspace in pixel space (:func:`pixel_nullspace`).
         lower, upper: the valid pixel range.
         max_iterations: cap on Dykstra iterations (typically a few hundred are needed).
         tolerance: stop once the affine iterate is this close to the box and the box iterate moves
@@ -122,14 +78,13 @@ def bounded_nullspace_fit(
     Returns:
         The ``(B, c, H, W)`` float64 image ``z``.
     """
-    patches = space.patches
-    start = patches.to_patches(origin)
-    box = patches.to_patches(goal)
+    start = space.to_patches(origin)
+    box = space.to_patches(goal)
     affine_correction = torch.zeros_like(box)
     box_correction = torch.zeros_like(box)
     for _ in range(max_iterations):
         shifted = box + affine_correction - start
-        affine = start + nullspace_least_squares(shifted, space)
+        affine = start + space.project_patches(shifted)
         affine_correction = shifted + start - affine
         previous = box
         box = (affine + box_correction).clamp(lower, upper)
@@ -141,4 +96,4 @@ def bounded_nullspace_fit(
     converged = (affine - clipped).abs().amax(dim=-1, keepdim=True) <= tolerance
     step = affine - start
     fallback = start + _largest_feasible_step(start, step, lower, upper) * step
-    return patches.from_patches(torch.where(converged, clipped, fallback))
+    return space.from_patches(torch.where(converged, clipped, fallback))

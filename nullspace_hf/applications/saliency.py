@@ -7,36 +7,11 @@ them, and give one value per image patch: ``(batch, H / r, W / r)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from transformers import BaseImageProcessor, PreTrainedModel
 
-from ..modeling import patch_projection
-from .inference import eval_mode, model_input
-from .pixels import PixelSpace
-
-
-@contextmanager
-def _eager_attention(model: PreTrainedModel) -> Iterator[None]:
-    """Switch to eager attention (SDPA kernels return no attention weights), then switch back."""
-    previous = model.config._attn_implementation
-    if previous != "eager":
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if previous != "eager":
-            model.set_attn_implementation(previous)
-
-
-def _patch_grid(model: PreTrainedModel, pixel_values: torch.Tensor) -> tuple[int, int]:
-    """Rows and columns of the patch grid for ``(B, c, H, W)`` model input."""
-    if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {tuple(pixel_values.shape)}.")
-    patch_h, patch_w = patch_projection(model).kernel_size
-    return pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w
+from ..modeling import eager_attention, frozen_eval, patch_grid
+from ..pixels import PixelSpaceClassifier, PixelTransform
 
 
 def attention_rollout(model: PreTrainedModel, pixel_values: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
@@ -54,8 +29,8 @@ def attention_rollout(model: PreTrainedModel, pixel_values: torch.Tensor, residu
     Returns:
         ``(B, H / r, W / r)`` float32 maps on the CPU.
     """
-    rows, cols = _patch_grid(model, pixel_values)
-    with torch.no_grad(), eval_mode(model), _eager_attention(model):
+    grid = patch_grid(model, pixel_values)
+    with torch.no_grad(), frozen_eval(model), eager_attention(model):
         attentions = model(pixel_values=pixel_values, output_attentions=True).attentions
     if not attentions:
         raise ValueError(f"{type(model).__name__} returned no attention weights, so attention rollout is not available.")
@@ -65,8 +40,8 @@ def attention_rollout(model: PreTrainedModel, pixel_values: torch.Tensor, residu
         mixed = (1 - residual) * mixed + residual * torch.eye(mixed.shape[-1], device=mixed.device)
         mixed = mixed / mixed.sum(dim=-1, keepdim=True)
         rollout = mixed if rollout is None else mixed @ rollout
-    cls_row = rollout[:, 0, -rows * cols :]
-    return cls_row.reshape(-1, rows, cols).cpu()
+    cls_row = rollout[:, 0, -grid.num_patches :]
+    return cls_row.reshape(-1, grid.rows, grid.cols).cpu()
 
 
 def grad_cam(model: PreTrainedModel, pixel_values: torch.Tensor, target_class: int | None = None) -> torch.Tensor:
@@ -84,9 +59,9 @@ def grad_cam(model: PreTrainedModel, pixel_values: torch.Tensor, target_class: i
     Returns:
         ``(B, H / r, W / r)`` float32 maps on the CPU.
     """
-    rows, cols = _patch_grid(model, pixel_values)
+    grid = patch_grid(model, pixel_values)
     inputs = pixel_values.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), eval_mode(model):
+    with torch.enable_grad(), frozen_eval(model):
         outputs = model(pixel_values=inputs, output_hidden_states=True)
         tokens = outputs.hidden_states[-2]
         num_labels = outputs.logits.shape[-1]
@@ -98,10 +73,10 @@ def grad_cam(model: PreTrainedModel, pixel_values: torch.Tensor, target_class: i
             classes = torch.full((outputs.logits.shape[0],), target_class, device=outputs.logits.device)
         score = outputs.logits.gather(1, classes[:, None]).sum()
         gradients = torch.autograd.grad(score, tokens)[0]
-    patches = tokens.detach()[:, -rows * cols :].to(torch.float32)
-    weights = gradients[:, -rows * cols :].to(torch.float32).mean(dim=1, keepdim=True)
+    patches = tokens.detach()[:, -grid.num_patches :].to(torch.float32)
+    weights = gradients[:, -grid.num_patches :].to(torch.float32).mean(dim=1, keepdim=True)
     cam = torch.relu((weights * patches).sum(dim=-1))
-    return cam.reshape(-1, rows, cols).cpu()
+    return cam.reshape(-1, grid.rows, grid.cols).cpu()
 
 
 def map_correlation(first: torch.Tensor, second: torch.Tensor) -> float:
@@ -123,5 +98,6 @@ def saliency_maps(
     Returns:
         ``{"rollout": maps, "grad_cam": maps}``, each ``(B, H / r, W / r)``.
     """
-    pixel_values = model_input(model, pixels, PixelSpace.from_processor(processor, model.config.num_channels))
+    classifier = PixelSpaceClassifier(model, PixelTransform.from_processor(processor, model.config.num_channels))
+    pixel_values = classifier.normalize(pixels.to(torch.float64))
     return {name: method(model, pixel_values) for name, method in SALIENCY_METHODS.items()}

@@ -8,9 +8,8 @@ import torch
 from PIL import Image
 from transformers import BaseImageProcessor, PreTrainedModel
 
+from ..pixels import PixelSpaceClassifier, PixelTransform, mse
 from .editing import nullspace_edit
-from .inference import model_logits
-from .pixels import PixelSpace, mse
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,8 @@ def targeted_image(
         ValueError: the nullspace is empty, or the images do not fit the model.
     """
     edit = nullspace_edit(model, source, target, processor=processor, names=("source", "target"))
-    pixel_space = PixelSpace.from_processor(processor, model.config.num_channels)
-    target_logits = model_logits(model, edit.goal[None], pixel_space)[0]
+    transform = PixelTransform.from_processor(processor, model.config.num_channels)
+    target_logits = PixelSpaceClassifier(model, transform).logits(edit.goal[None].to(torch.float64))[0]
     return TargetedResult(
         image=edit.edited,
         source=edit.original,

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from transformers import BaseImageProcessor, PreTrainedModel
 
+from ..pixels import psnr, to_pil
 from .editing import nullspace_edit
-from .pixels import psnr, to_pil
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,12 @@
     print(report.to_markdown())
 """
 
+from .._deprecated import moved_names
 from ..data import load_split as load_eval_dataset
 from .attacks import ATTACKS, DEFAULT_ATTACKS, FGSM, PGD, Attack, CarliniWagnerL2, PatchFool, resolve_attacks
 from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, corrupt_pixels, resolve_corruptions
 from .metrics import ALEXNET_ERRORS, corruption_error, mean_corruption_error
 from .ood import OOD_SETS, load_ood_dataset
-from .pixels import PixelSpaceClassifier, PixelTransform, images_to_pixels
 from .report import RobustnessReport
 from .robustness import evaluate_robustness
 
@@ -27,16 +27,16 @@ __all__ = [
     "OOD_SETS",
     "PGD",
     "PatchFool",
-    "PixelSpaceClassifier",
-    "PixelTransform",
     "RobustnessReport",
     "corrupt_pixels",
     "corruption_error",
     "evaluate_robustness",
-    "images_to_pixels",
     "load_eval_dataset",
     "load_ood_dataset",
     "mean_corruption_error",
     "resolve_attacks",
     "resolve_corruptions",
 ]
+
+__getattr__ = moved_names(__name__, {name: "nullspace_hf.pixels"
+                                     for name in ("PixelSpaceClassifier", "PixelTransform", "images_to_pixels")})

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..pixels import from_8bit, to_8bit
+
 IMAGENET_C_CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise",
     "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
@@ -102,6 +104,12 @@ def check_corruptible(channels: int, height: int, width: int) -> None:
         )
 
 
+# imagecorruptions' spatter at severities 4-5 divides its mud mask by the mask's maximum, which is 0 when the random
+# mask comes out empty on a small image: nan pixels, cast to 8 bits in a CPU-dependent way. Such an image is left
+# unchanged (an empty mask adds no mud) instead.
+_RAISE = {"divide": "raise", "invalid": "raise"}
+
+
 def corrupt_pixels(pixels: torch.Tensor, corruption: str, severity: int, sample_ids: Sequence[int],
                    seed: int = 0) -> torch.Tensor:
     """Apply one corruption at one severity to a batch of pixels in [0, 1], as 8-bit images.
@@ -112,7 +120,7 @@ def corrupt_pixels(pixels: torch.Tensor, corruption: str, severity: int, sample_
     """
     corrupt = _imagecorruptions().corrupt
     check_corruptible(*pixels.shape[1:])
-    images = (pixels.detach().cpu() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = to_8bit(pixels).permute(0, 2, 3, 1).numpy()
     code = CORRUPTIONS.index(corruption)
     outputs = []
     state = np.random.get_state()
@@ -121,14 +129,21 @@ def corrupt_pixels(pixels: torch.Tensor, corruption: str, severity: int, sample_
             sample_seed = int(np.random.SeedSequence([seed, code, severity, int(sample_id)]).generate_state(1)[0])
             np.random.seed(sample_seed)
             options = {"seed": sample_seed} if corruption in _OWN_SEED else {}
-            out = np.asarray(corrupt(image if image.shape[-1] == 3 else image[..., 0], corruption_name=corruption,
-                                     severity=severity, **options), dtype=np.float64)
+            rgb = image if image.shape[-1] == 3 else image[..., 0]
+            try:
+                with np.errstate(**(_RAISE if corruption == "spatter" else {})):
+                    out = np.asarray(corrupt(rgb, corruption_name=corruption, severity=severity, **options),
+                                     dtype=np.float64)
+            except FloatingPointError:  # spatter's mud mask is empty (0/0 in the library): no mud to add
+                out = np.asarray(rgb, dtype=np.float64)
+                if out.ndim == 2:
+                    out = np.repeat(out[..., None], 3, axis=-1)
             if image.shape[-1] == 1:
                 out = out.mean(axis=-1, keepdims=True)
             outputs.append(np.clip(np.round(out), 0, 255).astype(np.uint8))
     finally:
         np.random.set_state(state)
-    return torch.from_numpy(np.stack(outputs)).permute(0, 3, 1, 2).float().div(255).to(pixels.device)
+    return from_8bit(np.stack(outputs)).permute(0, 3, 1, 2).to(pixels.device)
 
 
 def _library_version() -> str:
@@ -156,7 +171,7 @@ class CorruptedSets:
     def _path(self, cache_dir: Path, pixels: torch.Tensor, corruption: str, severity: int,
               sample_ids: Sequence[int]) -> Path:
         digest = hashlib.sha1()
-        digest.update((pixels.detach().cpu() * 255).round().to(torch.uint8).numpy().tobytes())
+        digest.update(to_8bit(pixels).numpy().tobytes())
         digest.update(np.asarray(sample_ids, dtype=np.int64).tobytes())
         digest.update(f"{self.seed}|{_library_version()}".encode())
         return cache_dir / corruption / str(severity) / f"{digest.hexdigest()}.npy"
@@ -167,10 +182,10 @@ class CorruptedSets:
             return corrupt_pixels(pixels, corruption, severity, sample_ids, self.seed)
         path = self._path(self.cache_dir, pixels, corruption, severity, sample_ids)
         if path.exists():
-            return torch.from_numpy(np.load(path)).float().div(255).to(pixels.device)
+            return from_8bit(np.load(path)).to(pixels.device)
         corrupted = corrupt_pixels(pixels, corruption, severity, sample_ids, self.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(partial, (corrupted.cpu() * 255).round().to(torch.uint8).numpy())
+        np.save(partial, to_8bit(corrupted).numpy())
         os.replace(partial, path)
         return corrupted

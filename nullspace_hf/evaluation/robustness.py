@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 from accelerate import PartialState
@@ -24,32 +25,58 @@ from transformers import AutoImageProcessor, PreTrainedModel
 from ..checks import check_finite_weights
 from ..data import find_columns
 from ..modeling import frozen_eval, load_model
+from ..pixels import PixelSpaceClassifier, PixelTransform, check_model_input, images_to_pixels
 from .attacks import DEFAULT_ATTACKS, Attack, resolve_attacks
 from .corruptions import SEVERITIES, CorruptedSets, check_corruptible, resolve_corruptions, resolve_severities
 from .metrics import ALEXNET_ERRORS, is_official_mce, mean_corruption_error
 from .ood import load_ood_dataset, ood_set
-from .pixels import PixelSpaceClassifier, PixelTransform, check_model_input, images_to_pixels
 from .report import RobustnessReport
+
+
+@dataclass(frozen=True)
+class _Metric:
+    """One accuracy counted in the pass over the evaluation set: which classifier, on which images.
+
+    Attributes:
+        reference: counted for the reference model (the baseline of the corruption errors), not the model.
+        condition: what the images went through: nothing (``"clean"``), an attack, a corruption, or nothing
+            but they come from an out-of-distribution set (``"ood"``).
+        name: the attack's or corruption's name.
+        severity: the corruption's severity.
+    """
+
+    condition: Literal["clean", "attack", "corruption", "ood"]
+    name: str | None = None
+    severity: int | None = None
+    reference: bool = False
+
+
+_CLEAN = _Metric("clean")
 
 
 class _Tally:
     """Correct/total counts per metric, summed over processes at the end."""
 
-    def __init__(self, keys: Sequence[str], device: torch.device):
-        self.index = {key: i for i, key in enumerate(keys)}
-        self.counts = torch.zeros(len(keys), 2, dtype=torch.long, device=device)
+    def __init__(self, metrics: Sequence[_Metric], device: torch.device):
+        self.index = {metric: i for i, metric in enumerate(metrics)}
+        self.counts = torch.zeros(len(metrics), 2, dtype=torch.long, device=device)
 
-    def add(self, key: str, correct: torch.Tensor) -> None:
-        self.counts[self.index[key], 0] += int(correct.sum())
-        self.counts[self.index[key], 1] += correct.numel()
+    def add(self, metric: _Metric, correct: torch.Tensor) -> None:
+        self.counts[self.index[metric], 0] += int(correct.sum())
+        self.counts[self.index[metric], 1] += correct.numel()
 
-    def totals(self) -> dict[str, tuple[int, int]]:
+    def totals(self) -> dict[_Metric, tuple[int, int]]:
         summed = reduce(self.counts, reduction="sum") if PartialState().num_processes > 1 else self.counts
-        return {key: (int(summed[i, 0]), int(summed[i, 1])) for key, i in self.index.items()}
+        return {metric: (int(summed[i, 0]), int(summed[i, 1])) for metric, i in self.index.items()}
+
+
+def _fraction(counts: tuple[int, int]) -> float:
+    """Share of correct predictions: ``correct / total`` (NaN for no samples)."""
+    return counts[0] / counts[1] if counts[1] else float("nan")
 
 
 def _accuracy(counts: tuple[int, int]) -> float:
-    return 100.0 * counts[0] / counts[1] if counts[1] else float("nan")
+    return 100.0 * _fraction(counts)
 
 
 @contextlib.contextmanager
@@ -132,7 +159,7 @@ def evaluate_robustness(
 
     Attacks and corruptions act on the images in [0, 1] pixel space, after the image processor's resize
     and crop; its rescale and normalisation run inside the attacked model
-    (:class:`~nullspace_hf.evaluation.pixels.PixelSpaceClassifier`).
+    (:class:`~nullspace_hf.pixels.PixelSpaceClassifier`).
 
     Args:
         model: a ``transformers`` image-classification model, or a name/path for ``load_model``.
@@ -196,7 +223,7 @@ def evaluate_robustness(
         if ref_model.config.num_labels != num_labels:
             raise ValueError(f"The reference model has {ref_model.config.num_labels} classes, the model {num_labels}.")
 
-    with _frozen(model, reference.model if reference else None):
+    with frozen_eval(*(judge.model for judge in (classifier, reference) if judge is not None)):
         counts = _count_correct(classifier, reference, dataset, processor, attack_list, corruption_names,
                                 severity_list, batch_size=batch_size, seed=seed, image_column=image_column,
                                 label_column=label_column, cache_dir=cache_dir,
@@ -204,13 +231,14 @@ def evaluate_robustness(
         ood_results = {name: _evaluate_ood(classifier, processor, name, source, batch_size, progress)
                        for name, source in ood_sources.items()}
 
-    errors = _errors(counts, "corruption", corruption_names, severity_list)
+    errors = _errors(counts, corruption_names, severity_list)
     reference_report = None
     if reference is not None:
-        baseline: Mapping[str, Any] = _errors(counts, "reference/corruption", corruption_names, severity_list)
+        baseline: Mapping[str, Any] = _errors(counts, corruption_names, severity_list, reference=True)
         baseline_name: str | None = "reference"
-        reference_report = {"model": reference_name, "clean_accuracy": _accuracy(counts["reference/clean"]),
-                            "corruptions": _accuracies(counts, "reference/corruption", corruption_names, severity_list)}
+        reference_report = {"model": reference_name,
+                            "clean_accuracy": _accuracy(counts[_Metric("clean", reference=True)]),
+                            "corruptions": _accuracies(counts, corruption_names, severity_list, reference=True)}
     elif num_labels == 1000:
         baseline, baseline_name = ALEXNET_ERRORS, "alexnet"
     else:
@@ -219,11 +247,11 @@ def evaluate_robustness(
     return RobustnessReport(
         model=model_name,
         dataset=dataset_name or dataset.info.dataset_name or "dataset",
-        num_samples=counts["clean"][1],
-        clean_accuracy=_accuracy(counts["clean"]),
-        attacks={a.name: {"column": a.column, "accuracy": _accuracy(counts[f"attack/{a.name}"]), "config": a.config()}
-                 for a in attack_list},
-        corruptions=_accuracies(counts, "corruption", corruption_names, severity_list),
+        num_samples=counts[_CLEAN][1],
+        clean_accuracy=_accuracy(counts[_CLEAN]),
+        attacks={a.name: {"column": a.column, "accuracy": _accuracy(counts[_Metric("attack", a.name)]),
+                          "config": a.config()} for a in attack_list},
+        corruptions=_accuracies(counts, corruption_names, severity_list),
         corruption_errors=corruption_errors,
         mce=mce,
         mce_baseline=baseline_name if mce is not None else None,
@@ -235,56 +263,48 @@ def evaluate_robustness(
     )
 
 
-@contextlib.contextmanager
-def _frozen(*models: PreTrainedModel | None) -> Iterator[None]:
-    """Eval mode and no weight gradients for the models (the attacks' backward passes then leave the
-    weights' ``.grad`` untouched, also when called in the middle of training); restored afterwards."""
-    with contextlib.ExitStack() as stack:
-        for model in models:
-            if model is not None:
-                stack.enter_context(frozen_eval(model))
-        yield
-
-
 def _count_correct(classifier: PixelSpaceClassifier, reference: PixelSpaceClassifier | None, dataset: Dataset,
                    processor: Any, attacks: Sequence[Attack], corruptions: Sequence[str], severities: Sequence[int], *,
                    batch_size: int, seed: int, image_column: str, label_column: str,
-                   cache_dir: str | os.PathLike | None, description: str, progress: bool) -> dict[str, tuple[int, int]]:
+                   cache_dir: str | os.PathLike | None, description: str,
+                   progress: bool) -> dict[_Metric, tuple[int, int]]:
     """One pass over this process's share of ``dataset``: (correct, total) per metric, summed over processes."""
-    keys = ["clean", *(f"attack/{a.name}" for a in attacks),
-            *(f"corruption/{c}/{s}" for c in corruptions for s in severities)]
+    classifiers = {False: classifier, **({True: reference} if reference is not None else {})}
+    corrupted = [_Metric("corruption", c, s) for c in corruptions for s in severities]
+    metrics = [_CLEAN, *(_Metric("attack", a.name) for a in attacks), *corrupted]
     if reference is not None:
-        keys += ["reference/clean", *(f"reference/corruption/{c}/{s}" for c in corruptions for s in severities)]
-    tally = _Tally(keys, PartialState().device)
+        metrics += [replace(metric, reference=True) for metric in (_CLEAN, *corrupted)]
+    tally = _Tally(metrics, PartialState().device)
     corrupted_sets = CorruptedSets(cache_dir, seed)
-    device = classifier.mean.device
+    device = classifier.device
     for ids, pixels, labels in _batches(dataset, _shard(len(dataset)), batch_size, image_column, label_column,
                                         processor, device, description, progress):
-        tally.add("clean", classifier.predict(pixels) == labels)
-        if reference is not None:
-            tally.add("reference/clean", reference.predict(pixels) == labels)
+        for is_reference, judge in classifiers.items():
+            tally.add(_Metric("clean", reference=is_reference), judge.predict(pixels) == labels)
         for attack in attacks:
             with _seeded(seed * 1_000_003 + ids[0], device):
                 adversarial = attack.perturb(classifier, pixels, labels)
-            tally.add(f"attack/{attack.name}", classifier.predict(adversarial) == labels)
+            tally.add(_Metric("attack", attack.name), classifier.predict(adversarial) == labels)
         for corruption in corruptions:
             for severity in severities:
-                corrupted = corrupted_sets.get(pixels, corruption, severity, ids)
-                tally.add(f"corruption/{corruption}/{severity}", classifier.predict(corrupted) == labels)
-                if reference is not None:
-                    tally.add(f"reference/corruption/{corruption}/{severity}", reference.predict(corrupted) == labels)
+                images = corrupted_sets.get(pixels, corruption, severity, ids)
+                for is_reference, judge in classifiers.items():
+                    tally.add(_Metric("corruption", corruption, severity, is_reference),
+                              judge.predict(images) == labels)
     return tally.totals()
 
 
-def _accuracies(counts: Mapping[str, tuple[int, int]], prefix: str, corruptions: Sequence[str],
-                severities: Sequence[int]) -> dict[str, dict[int, float]]:
-    return {c: {s: _accuracy(counts[f"{prefix}/{c}/{s}"]) for s in severities} for c in corruptions}
+def _accuracies(counts: Mapping[_Metric, tuple[int, int]], corruptions: Sequence[str], severities: Sequence[int],
+                *, reference: bool = False) -> dict[str, dict[int, float]]:
+    """Accuracy (in %) per corruption and severity, of the model or of the reference."""
+    return {c: {s: _accuracy(counts[_Metric("corruption", c, s, reference)]) for s in severities}
+            for c in corruptions}
 
 
-def _errors(counts: Mapping[str, tuple[int, int]], prefix: str, corruptions: Sequence[str],
-            severities: Sequence[int]) -> dict[str, dict[int, float]]:
-    """Top-1 error (a fraction) per corruption and severity."""
-    return {c: {s: 1 - counts[f"{prefix}/{c}/{s}"][0] / counts[f"{prefix}/{c}/{s}"][1] for s in severities}
+def _errors(counts: Mapping[_Metric, tuple[int, int]], corruptions: Sequence[str], severities: Sequence[int],
+            *, reference: bool = False) -> dict[str, dict[int, float]]:
+    """Top-1 error (a fraction) per corruption and severity, of the model or of the reference."""
+    return {c: {s: 1 - _fraction(counts[_Metric("corruption", c, s, reference)]) for s in severities}
             for c in corruptions}
 
 
@@ -296,10 +316,10 @@ def _evaluate_ood(classifier: PixelSpaceClassifier, processor: Any, name: str, s
     if len(dataset) == 0:
         raise ValueError(f"The out-of-distribution set {name!r} is empty.")
     image_column, _ = find_columns(dataset, label_column="label")
-    device = classifier.mean.device
-    tally = _Tally(["ood"], PartialState().device)
+    metric = _Metric("ood", name)
+    tally = _Tally([metric], PartialState().device)
     for _, pixels, labels in _batches(dataset, _shard(len(dataset)), batch_size, image_column, "label", processor,
-                                      device, name, progress):
-        tally.add("ood", classifier.predict(pixels, spec.class_indices) == labels)
-    counts = tally.totals()["ood"]
+                                      classifier.device, name, progress):
+        tally.add(metric, classifier.predict(pixels, spec.class_indices) == labels)
+    counts = tally.totals()[metric]
     return {"column": spec.column, "accuracy": _accuracy(counts), "num_samples": counts[1]}

@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..pixels import PixelSpaceClassifier
+from ...pixels import PixelSpaceClassifier
 
 
 class Attack(ABC):
-    """An adversarial attack on a :class:`~nullspace_hf.evaluation.pixels.PixelSpaceClassifier`.
+    """An adversarial attack on a :class:`~nullspace_hf.pixels.PixelSpaceClassifier`.
 
     Subclasses are frozen dataclasses whose fields are the attack's hyper-parameters; ``name`` is
     the key used by :func:`~nullspace_hf.evaluation.attacks.resolve_attacks` and in reports,

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..pixels import PixelSpaceClassifier
+from ...modeling import frozen_eval
+from ...pixels import PixelSpaceClassifier
 from .base import Attack, check_positive
 
 
@@ -28,9 +29,11 @@ def _foolbox() -> Any:
 
 def _run_foolbox(attack: Any, classifier: PixelSpaceClassifier, pixels: torch.Tensor, labels: torch.Tensor,
                  epsilon: float | None) -> torch.Tensor:
-    """Run a foolbox attack on pixels in [0, 1] and return its clipped adversarial images."""
-    model = _foolbox().PyTorchModel(classifier.eval(), bounds=(0.0, 1.0), device=pixels.device)
-    _, clipped, _ = attack(model, pixels, labels, epsilons=epsilon)
+    """Run a foolbox attack on pixels in [0, 1] (the model in eval mode, its weights frozen) and return its
+    clipped adversarial images."""
+    with frozen_eval(classifier):
+        model = _foolbox().PyTorchModel(classifier, bounds=(0.0, 1.0), device=pixels.device)
+        _, clipped, _ = attack(model, pixels, labels, epsilons=epsilon)
     return clipped.detach()
 
 

@@ -9,41 +9,26 @@ decayed by 0.95 every 10 steps, maximising the cross-entropy of the true label.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..pixels import PixelSpaceClassifier
+from ...modeling import PatchGrid, eager_attention, frozen_eval, patch_grid
+from ...pixels import PixelSpaceClassifier
 from .base import Attack, check_positive
 
 
-@contextmanager
-def _eager_attention(model: nn.Module) -> Iterator[None]:
-    """Switch ``model`` to eager attention (the only kind that returns attention maps), then back."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-
-
-def _patch_grid(classifier: PixelSpaceClassifier, pixels: torch.Tensor) -> tuple[int, int, int]:
-    """(patch size, patches per column, patches per row) of the model, for images of this size."""
-    patch = getattr(classifier.model.config, "patch_size", None)
-    patch_h, patch_w = (patch, patch) if isinstance(patch, int) else tuple(patch or (0, 0))
-    height, width = pixels.shape[-2:]
-    if not patch_h or patch_h != patch_w or height % patch_h or width % patch_w:
+def _tiled_grid(classifier: PixelSpaceClassifier, pixels: torch.Tensor) -> PatchGrid:
+    """The model's patch grid for these images, which PatchFool needs to tile them exactly."""
+    grid = patch_grid(classifier.model, pixels)
+    if not grid.tiles(*pixels.shape[-2:]):
         raise ValueError(
-            f"PatchFool needs a ViT-family model with square patches that tile the image; "
-            f"{type(classifier.model).__name__} has patch_size={patch} for {height}×{width} images."
+            f"PatchFool needs a ViT-family model whose patches tile the image; {type(classifier.model).__name__} "
+            f"has {grid.patch_size[0]}×{grid.patch_size[1]} patches for {pixels.shape[-2]}×{pixels.shape[-1]} images."
         )
-    return patch_h, height // patch_h, width // patch_w
+    return grid
 
 
 def select_patches_by_attention(classifier: PixelSpaceClassifier, pixels: torch.Tensor, num_patches: int,
@@ -57,21 +42,21 @@ def select_patches_by_attention(classifier: PixelSpaceClassifier, pixels: torch.
     Returns:
         ``(batch, num_patches)`` indices of patches in row-major order.
     """
-    _, rows, cols = _patch_grid(classifier, pixels)
-    with torch.no_grad(), _eager_attention(classifier.model):
+    grid = _tiled_grid(classifier, pixels)
+    with torch.no_grad(), eager_attention(classifier.model):
         attentions = classifier.model(pixel_values=classifier.normalize(pixels), output_attentions=True).attentions
     if not attentions:
         raise ValueError(f"PatchFool needs attention maps, which {type(classifier.model).__name__} does not return.")
-    received = attentions[min(layer, len(attentions) - 1)].mean(dim=1).mean(dim=1)[:, -rows * cols:]
+    received = attentions[min(layer, len(attentions) - 1)].mean(dim=1).mean(dim=1)[:, -grid.num_patches:]
     return received.argsort(dim=-1, descending=True)[:, :num_patches]
 
 
-def patch_mask(indices: torch.Tensor, patch_size: int, rows: int, cols: int) -> torch.Tensor:
-    """A ``(batch, 1, rows·p, cols·p)`` mask that is 1 on the patches ``indices`` (row-major) and 0 elsewhere."""
-    grid = torch.zeros(indices.shape[0], rows * cols, device=indices.device)
-    grid.scatter_(1, indices, 1.0)
-    grid = grid.view(-1, 1, rows, cols)
-    return grid.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+def patch_mask(indices: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
+    """A ``(batch, 1, rows·r_h, cols·r_w)`` mask that is 1 on the patches ``indices`` (row-major) and 0 elsewhere."""
+    mask = torch.zeros(indices.shape[0], grid.num_patches, device=indices.device)
+    mask.scatter_(1, indices, 1.0)
+    mask = mask.view(-1, 1, grid.rows, grid.cols)
+    return mask.repeat_interleave(grid.patch_size[0], dim=2).repeat_interleave(grid.patch_size[1], dim=3)
 
 
 @dataclass(frozen=True)
@@ -102,21 +87,20 @@ class PatchFool(Attack):
 
     def perturb(self, classifier: PixelSpaceClassifier, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Replace the selected patches of each image by adversarially optimised pixels."""
-        patch_size, rows, cols = _patch_grid(classifier, pixels)
-        if self.num_patches > rows * cols:
-            raise ValueError(f"PatchFool: num_patches={self.num_patches} but the images have {rows * cols} patches.")
-        mask = patch_mask(select_patches_by_attention(classifier, pixels, self.num_patches, self.attention_layer),
-                          patch_size, rows, cols)
-        unit = classifier.transform.pixel_unit().to(pixels.device)
-        kept = pixels * (1 - mask)
-        # The optimised variable is the patch in normalised units, so that Adam's learning rate means what
-        # it means in the authors' code.
-        patch = (torch.rand_like(pixels) / unit).requires_grad_(True)
-        optimizer = torch.optim.Adam([patch], lr=self.learning_rate)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_size, gamma=self.lr_gamma)
-        requires_grad = [p.requires_grad for p in classifier.parameters()]
-        classifier.requires_grad_(False)
-        try:
+        grid = _tiled_grid(classifier, pixels)
+        if self.num_patches > grid.num_patches:
+            raise ValueError(f"PatchFool: num_patches={self.num_patches} but the images have {grid.num_patches} "
+                             "patches.")
+        with frozen_eval(classifier):
+            indices = select_patches_by_attention(classifier, pixels, self.num_patches, self.attention_layer)
+            mask = patch_mask(indices, grid)
+            unit = classifier.transform.pixel_unit().to(pixels.device)
+            kept = pixels * (1 - mask)
+            # The optimised variable is the patch in normalised units, so that Adam's learning rate means what
+            # it means in the authors' code.
+            patch = (torch.rand_like(pixels) / unit).requires_grad_(True)
+            optimizer = torch.optim.Adam([patch], lr=self.learning_rate)
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_size, gamma=self.lr_gamma)
             for _ in range(self.steps):
                 loss = F.cross_entropy(classifier(kept + patch * unit * mask), labels)
                 optimizer.zero_grad()
@@ -125,7 +109,4 @@ class PatchFool(Attack):
                 scheduler.step()
                 with torch.no_grad():
                     patch.copy_((patch * unit).clamp(0.0, 1.0) / unit)
-        finally:
-            for parameter, flag in zip(classifier.parameters(), requires_grad, strict=True):
-                parameter.requires_grad_(flag)
         return (kept + (patch * unit).clamp(0.0, 1.0) * mask).detach()
