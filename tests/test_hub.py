@@ -1,0 +1,61 @@
+"""Model cards: what they state, their metadata, and the trainers that write them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import ViTImageProcessor
+
+from nullspace_hf import AdversarialConfig, AdversarialTrainer, NullspaceConfig, NullspaceTrainer
+from nullspace_hf.data import TensorRows
+from nullspace_hf.evaluation import RobustnessReport
+from nullspace_hf.hub import RESULTS_FILE, build_model_card, hyperparameter_names
+
+from .helpers import make_tiny_model
+
+
+def _results() -> dict:
+    def report(model: str, clean: float, fgsm: float, fog: float) -> dict:
+        return RobustnessReport(model=model, dataset="digits", num_samples=40, clean_accuracy=clean,
+                                attacks={"fgsm": {"column": "FGSM", "accuracy": fgsm, "config": {}}},
+                                corruptions={"fog": {1: fog, 3: fog}}).to_dict()
+
+    return {"before": report("base", 90.0, 50.0, 70.44), "after": report("out", 91.0, 49.5, 70.31)}
+
+
+def test_the_card_states_what_its_table_shows(tmp_path):
+    card = build_model_card(model_name="run", repo_id=str(tmp_path / "run"), args=NullspaceConfig(output_dir="x"),
+                            noise_history=[], results=_results(), base_model=str(tmp_path), dataset_name="digits",
+                            tags=["nullspace"], license="apache-2.0")
+    text = card.text
+    assert "clean accuracy 90.00 → 91.00 (+1.00)" in text and "fgsm accuracy 50.00 → 49.50 (-0.50)" in text
+    assert "mean corruption accuracy 70.44 → 70.31 (-0.13)" in text
+    assert text.count("makes the model more robust") == 1  # only as the paper's claim, beside what was found
+    assert "The paper reports that this enlarges" in text and "found no robustness gain of more than about one" in text
+    assert "## Intended use and limitations" in text and "## Framework versions" in text and "- transformers " in text
+    assert f'from_pretrained("{tmp_path / "run"}")' in text  # no Hub id: the local directory, not its bare name
+    assert card.data.license == "apache-2.0" and card.data.tags == ["nullspace"] and card.data.base_model is None
+    metrics = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert metrics == {"Clean accuracy": 91.0, "FGSM accuracy": 49.5, "Mean corruption accuracy": pytest.approx(70.31)}
+
+
+@pytest.mark.parametrize("trainer_class", [NullspaceTrainer, AdversarialTrainer])
+def test_each_trainer_writes_its_card_with_its_tags_and_settings(tmp_path, trainer_class):
+    config_class = NullspaceConfig if trainer_class is NullspaceTrainer else AdversarialConfig
+    args = config_class(output_dir=str(tmp_path / "out"), max_steps=1, use_cpu=True, report_to="none",
+                        hub_model_id="user/tiny")
+    model = make_tiny_model(num_labels=3, image_size=32, patch_size=8)
+    trainer = trainer_class(model=model, args=args, train_dataset=TensorRows(torch.rand(4, 3, 32, 32),
+                                                                             torch.tensor([0, 1, 2, 0])),
+                            processing_class=ViTImageProcessor(size={"height": 32, "width": 32}))
+    (tmp_path / "out" / RESULTS_FILE).write_text(json.dumps(_results()))
+    trainer.create_model_card(dataset_name="digits")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.tags == trainer_class._tag_names and set(trainer_class._tag_names) <= set(model.model_tags)
+    assert 'from_pretrained("user/tiny")' in card.text
+    for setting in hyperparameter_names(config_class):
+        assert f"| `{setting}` |" in card.text, setting
+    assert ("## Noise statistics" in card.text) is (trainer_class is NullspaceTrainer)
