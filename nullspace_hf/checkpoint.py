@@ -17,10 +17,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .checks import WEIGHT_FILES, non_finite_tensors
+
 NOISE_FILE = "nullspace_noise.safetensors"
 HISTORY_FILE = "noise_history.json"
 EMA_FILE = "ema.safetensors"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
 
 
 @dataclass
@@ -65,7 +66,7 @@ def _read_tensors(path: str, key: str | None) -> dict[str, torch.Tensor]:
     if key is not None and key not in tensors:
         raise ValueError(f"{path} holds no tensor {key!r} (it holds {sorted(tensors)}): it was not written by "
                          "NullspaceTrainer; restore it or resume from another checkpoint.")
-    if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+    if non_finite_tensors(tensors):
         raise ValueError(f"{path} holds non-finite values (nan or inf); resume from another checkpoint.")
     return tensors
 

@@ -13,9 +13,10 @@ from glob import escape, glob
 import torch
 from torch import nn
 
+# Files holding a model's weights (a full model, a sharded one, an adapter).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
 # Files whose presence means an output directory holds an earlier run's results.
-RUN_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "trainer_state.json",
-             "results.json", "noise_history.json", "training_args.bin")
+RUN_FILES = (*WEIGHT_FILES, "trainer_state.json", "results.json", "training_args.bin")
 
 
 class NonFiniteError(ValueError):
