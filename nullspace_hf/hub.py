@@ -95,6 +95,11 @@ def _change_sentence(runs: dict[str, dict[str, float]]) -> str:
         "or two is within what another seed gives."
 
 
+def _hub_id(name: str | None) -> str | None:
+    """``name`` when it can be a Hub id; ``None`` for nothing or a local path (card metadata takes Hub ids only)."""
+    return name if name and not os.path.exists(name) else None
+
+
 METHODS = {
     "nullspace": "approximate nullspace augmented fine-tuning",
     "random": "random ε-noise fine-tuning (the paper's Table 4 baseline)",
@@ -132,7 +137,7 @@ def build_model_card(
         base_model: the checkpoint that was fine-tuned: a Hub id (linked, and the card's ``base_model``) or
             a local path (named only).
         dataset_name: the fine-tuning dataset's name, as shown in the card.
-        dataset_id: the dataset's Hub id, for the card's ``datasets`` metadata (none for local data).
+        dataset_id: the dataset's Hub id, for the card's ``datasets`` metadata (a local path is left out).
         citation: BibTeX of the paper.
         tags: the card's tags (the trainer's ``_tag_names``).
         license: the card's license (an SPDX id such as ``apache-2.0``); none: the base model's applies.
@@ -142,19 +147,19 @@ def build_model_card(
     if after and "summary" in after:
         for metric, value in after["summary"].items():
             eval_results.append(EvalResult(
-                task_type="image-classification", dataset_type=dataset_id or dataset_name or after.get("dataset", "unknown"),
+                task_type="image-classification", dataset_type=_hub_id(dataset_id) or dataset_name or after.get("dataset", "unknown"),
                 dataset_name=dataset_name or after.get("dataset", "unknown"), dataset_split="test",
                 metric_type="accuracy", metric_name=SUMMARY_METRICS.get(metric, f"{metric.upper()} accuracy"),
                 metric_value=round(float(value), 4),
             ))
-    hub_base = base_model if base_model and not os.path.exists(base_model) else None
+    hub_base, hub_dataset = _hub_id(base_model), _hub_id(dataset_id)
     if hub_base:
         base_model_text = f"[{hub_base}](https://huggingface.co/{hub_base})"
     else:
         base_model_text = (f"the local checkpoint `{os.path.basename(os.path.normpath(base_model))}`" if base_model
                            else "a Vision Transformer")
     card_data = ModelCardData(
-        model_name=model_name, base_model=hub_base, datasets=[dataset_id] if dataset_id else None,
+        model_name=model_name, base_model=hub_base, datasets=[hub_dataset] if hub_dataset else None,
         tags=list(tags), library_name="transformers", pipeline_tag="image-classification", license=license,
         eval_results=eval_results or None,
     )

@@ -318,10 +318,8 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
             plot_noise_dynamics(trainer.noise_history, output / "noise_dynamics.png", eps=training_args.noise_eps,
                                 band=training_args.noise_boundary_band)
             print(f"Noise rounds (eps = {training_args.noise_eps}):\n{noise_rounds_table(trainer.noise_history)}")
-        hub_dataset = script_args.dataset_name if script_args.dataset_name and not os.path.exists(script_args.dataset_name) \
-            and script_args.dataset_name != "digits" else None
-        trainer.create_model_card(dataset_name=dataset_name, dataset_id=hub_dataset,
-                                  license=script_args.license)
+        hub_dataset = None if script_args.dataset_name == "digits" else script_args.dataset_name
+        trainer.create_model_card(dataset_name=dataset_name, dataset_id=hub_dataset, license=script_args.license)
         print_table(results)
         print(f"Wrote {output}: model.safetensors, README.md (model card), {RESULTS_FILE}, noise files"
               + (", noise_dynamics.png" if trainer.noise_history else ""))
