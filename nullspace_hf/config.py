@@ -56,6 +56,16 @@ class NullspaceConfig(TrainingArguments):
         default=1.0,
         metadata={"help": "A: a fresh noise starts from U(-A, A) (a large noise that is then shrunk; the paper: 3)."},
     )
+    noise_token_lr: float = field(
+        default=0.0,
+        metadata={
+            "help": "Learning rate of the per-token scales of the token-scaled descent (noise = s * (start + delta), "
+            "one scale s in (0, 1.25) per patch token, beside the element-wise change delta at noise_lr): it finds "
+            "the paper's large noise in far fewer steps on ViTs with many patches (0.2 with noise_init_limit=3; "
+            "docs/benchmarks.md, issue 22). 0 (the default for now) runs the paper's element-wise descent on the noise "
+            "itself."
+        },
+    )
     noise_max_steps: int = field(
         default=200,
         metadata={
@@ -219,7 +229,7 @@ class NullspaceConfig(TrainingArguments):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("noise_max_steps", "noise_warm_max_steps", "noisy_loss_weight", "noise_log_norm_weight",
-                     "noise_reuse_batches"):
+                     "noise_reuse_batches", "noise_token_lr"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.noise_boundary_band < 1:

@@ -105,6 +105,8 @@ class NoiseResult:
         start_mse_prob: the same distance for the starting noise, before any search.
         forward_steps: forward-only passes of the scale searches (:func:`boundary_scale`).
         budget_hit: the descent used all its gradient steps without entering ε.
+        rms: root mean square of the noise's elements (its norm over √(num_patches·hidden)), to set beside the
+            size of the patch embeddings it is added to.
     """
 
     noise: torch.Tensor
@@ -116,9 +118,13 @@ class NoiseResult:
     forward_steps: int = 0
     budget_hit: bool = False
 
+    @property
+    def rms(self) -> float:
+        return self.norm / math.sqrt(max(self.noise.numel(), 1))
+
     def as_dict(self) -> dict[str, float | int | bool]:
         """The scalar statistics, for logging."""
-        return {"norm": self.norm, "steps": self.steps, "forward_steps": self.forward_steps,
+        return {"norm": self.norm, "rms": self.rms, "steps": self.steps, "forward_steps": self.forward_steps,
                 "start_mse_prob": self.start_mse_prob, "mse_prob": self.mse_prob, "reached": self.reached,
                 "budget_hit": self.budget_hit}
 
@@ -315,6 +321,25 @@ def _scaled_distance(
     return distance
 
 
+TOKEN_SCALE_MAX = 1.25
+"""The most a token-scaled descent (:func:`token_scaled`) can grow a token of its start in one search."""
+
+
+def token_scaled(start: torch.Tensor, offset: torch.Tensor, scale_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 8's noise ṽ in the token-scaled parametrisation: ``s ⊙ (ṽ₀ + δ)``, ``s = 1.25·σ(w)`` per patch token.
+
+    ``start`` is the ``(num_patches, hidden)`` start ṽ₀, ``offset`` the element-wise change δ (Eq. 8's own
+    variable, shifted by the start) and ``scale_logits`` the ``(num_patches, 1)`` logits w of one scale per
+    token. ``w = log 4`` gives s = 1, so ``δ = 0`` with that ``w`` is the start itself.
+    """
+    return TOKEN_SCALE_MAX * torch.sigmoid(scale_logits) * (start + offset)
+
+
+def _unit_token_logits(tokens: int, device: torch.device) -> torch.Tensor:
+    """Token-scale logits w with ``1.25·σ(w) = 1`` (every token at its start size)."""
+    return torch.full((tokens, 1), math.log(1.0 / (TOKEN_SCALE_MAX - 1.0)), device=device)
+
+
 def synthesize_noise(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -330,6 +355,7 @@ def synthesize_noise(
     reuse_batches: int = 0,
     band: float | None = 0.5,
     place_start: bool = False,
+    token_lr: float = 0.0,
 ) -> NoiseResult:
     """Search encoder-level noise in the ε-approximate nullspace (Eq. 7/8; Eq. 4 with ``log_norm_weight``).
 
@@ -349,6 +375,15 @@ def synthesize_noise(
 
     ``band=None`` is the bare Algorithm 1 (no scale search; a search that never reaches ε returns its
     last noise), which fixed-length searches such as Fig. 3's use.
+
+    **Token-scaled descent** (``token_lr > 0``): the same descent of Eq. 8 on
+    ``ṽ = s ⊙ (ṽ₀ + δ)`` (:func:`token_scaled`), with one scale ``s ∈ (0, 1.25)`` per patch token learned at
+    ``token_lr`` beside the element-wise change δ at ``lr``. The paper's element-wise descent from a large
+    U(−3, 3) start ends with most tokens at their full start size and a few shrunk to almost nothing (the
+    model tolerates a token it cannot read, not a large change of a token it reads); Adam, moving every
+    element by about ``lr`` a step, needs hundreds to thousands of steps to shrink whole tokens on a
+    196-token ViT. A scale per token does that in tens of steps (docs/benchmarks.md, issue 22).
+    ``token_lr=0`` is the paper's descent on ṽ itself.
 
     The model is put in eval mode with its weights frozen during the search, then restored. Under
     ``torch.distributed`` the noise gradient and every distance are all-reduced, so every rank takes
@@ -371,9 +406,13 @@ def synthesize_noise(
         band: the search ends with the distance in ``[band·ε, ε)``; None for the bare Algorithm 1.
         place_start: scale the start to just outside ε (``[ε, ε/band)``) before the descent, also when it
             is far outside.
+        token_lr: AdamW learning rate of the per-token scale logits of the token-scaled descent (0: the
+            paper's element-wise descent).
     """
     if reuse_batches < 0:
         raise ValueError(f"reuse_batches must be >= 0, got {reuse_batches}.")
+    if not token_lr >= 0:
+        raise ValueError(f"token_lr must be >= 0, got {token_lr!r}.")
     if loss not in ("squared_l2", "l2"):
         raise ValueError(f"Unknown noise loss {loss!r}: use 'squared_l2' or 'l2'.")
     if band is not None and not (0 < band < 1 and eps > 0):
@@ -392,22 +431,39 @@ def synthesize_noise(
         if band is not None and (place_start or start_mse_prob < eps):
             placed = boundary_scale(start_distance, eps, side="outside", band=band, at_one=start_mse_prob)
             start, forward_steps = start * placed.scale, forward_steps + placed.forwards
-        noise = start.requires_grad_(True)
-        optimizer = torch.optim.AdamW([noise], lr=relative_lr(lr, init_limit, start))
+        element_lr = relative_lr(lr, init_limit, start)
+        if token_lr > 0:
+            offset = torch.zeros_like(start, requires_grad=True)
+            scale_logits = _unit_token_logits(start.shape[0], device).requires_grad_(True)
+            variables = [offset, scale_logits]
+            optimizer = torch.optim.AdamW([{"params": [offset], "lr": element_lr},
+                                           {"params": [scale_logits], "lr": token_lr}])
+
+            def current() -> torch.Tensor:
+                return token_scaled(start, offset, scale_logits)
+        else:
+            noise = start.requires_grad_(True)
+            variables = [noise]
+            optimizer = torch.optim.AdamW([noise], lr=element_lr)
+
+            def current() -> torch.Tensor:
+                return noise
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(max_steps, 1))
         steps, mse_prob = 0, math.inf
         while True:
+            noise = current()
             with injector.applied(noise):
                 noisy = float_logits(model, inputs)
             mse_prob = _global_mean(probability_distance(clean, noisy))
             if mse_prob < eps or steps >= max_steps:
                 break
             value = exploration_loss(clean, noisy, noise, log_norm_weight, loss)
-            (gradient,) = torch.autograd.grad(value, [noise])
-            if _distributed():
-                dist.all_reduce(gradient)
-                gradient /= dist.get_world_size()
-            noise.grad = gradient
+            gradients = torch.autograd.grad(value, variables)
+            for variable, gradient in zip(variables, gradients, strict=True):
+                if _distributed():
+                    dist.all_reduce(gradient)
+                    gradient /= dist.get_world_size()
+                variable.grad = gradient
             optimizer.step()
             scheduler.step()
             steps += 1
