@@ -60,6 +60,10 @@ class AutoAttack(Attack):
         return {"epsilon": self.epsilon, "norm": self.norm, "version": self.version,
                 "attacks": ",".join(self.components)}
 
+    def threat_model(self) -> dict[str, Any]:
+        """``norm`` ball of radius ``epsilon`` in [0, 1] pixel units."""
+        return {"threat_model": self.norm, "epsilon": self.epsilon}
+
     def perturb(self, classifier: PixelSpaceClassifier, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The images after the four attacks: adversarial where one succeeded, else the clean image."""
         seed = int(torch.randint(0, 2**31 - 1, ()))
