@@ -45,7 +45,8 @@ def _as_is(item: Any) -> Any:
 def check_workers(workers: int) -> None:
     """Raise a clear ``ValueError`` for a number of workers that is not an integer >= 0."""
     if not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"corruption_workers must be an integer >= 0 (0: corrupt in the main process), got {workers!r}.")
+        raise ValueError(f"corruption_workers must be an integer >= 0 (0: corrupt in the main process), "
+                         f"got {workers!r}.")
 
 
 def prefetched(make: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int) -> Iterator[Any]:
@@ -93,7 +94,8 @@ def corrupt_dataset(dataset: Dataset, processor: Any, corruptions: Sequence[str]
     Returns:
         Per ``(corruption, severity)``, the 8-bit images ``(N, height, width, channels)`` in dataset order.
     """
-    batches = [list(range(start, min(start + batch_size, len(dataset)))) for start in range(0, len(dataset), batch_size)]
+    batches = [list(range(start, min(start + batch_size, len(dataset))))
+               for start in range(0, len(dataset), batch_size)]
     jobs = [(ids, corruption) for ids in batches for corruption in corruptions]
     make = CorruptOnTheFly(dataset, processor, image_column, tuple(severities), CorruptedSets(seed=seed))
     parts: dict[tuple[str, int], list[np.ndarray]] = {(c, s): [] for c in corruptions for s in severities}

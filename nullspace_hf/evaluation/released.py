@@ -173,8 +173,8 @@ class Cifar10CFolder(CorruptionSet):
                 raise ValueError(f"{path} must hold (5·n, height, width, 3) uint8 images, severities 1–5 in order; "
                                  f"got {array.dtype} of shape {array.shape}.")
             if len(self._labels) not in (len(array), len(array) // len(SEVERITIES)):
-                raise ValueError(f"labels.npy has {len(self._labels)} labels, but {path.name} holds {len(array)} images "
-                                 f"({len(array) // len(SEVERITIES)} per severity): they must match.")
+                raise ValueError(f"labels.npy has {len(self._labels)} labels, but {path.name} holds {len(array)} "
+                                 f"images ({len(array) // len(SEVERITIES)} per severity): they must match.")
             self._arrays[corruption] = array
         return self._arrays[corruption]
 

@@ -353,7 +353,8 @@ def _predict(judges: Mapping[bool, PixelSpaceClassifier], dataset: Dataset, proc
             for severity, images in zip(severities, next(stream), strict=True):
                 images = from_8bit(images).to(device)
                 for is_reference, judge in judges.items():
-                    records.add(_Metric("corruption", corruption, severity, is_reference), judge.predict(images), labels)
+                    records.add(_Metric("corruption", corruption, severity, is_reference), judge.predict(images),
+                                labels)
     return records.gathered()
 
 
@@ -368,7 +369,8 @@ def _predict_released(judges: Mapping[bool, PixelSpaceClassifier], corruption_se
         for severity in severities:
             labels = corruption_set.labels(corruption, severity)
             labels = labels if label_map is None else label_map[labels]
-            _check_labels(labels.tolist(), num_labels, f"{corruption_set.describe()} ({corruption}, severity {severity})")
+            _check_labels(labels.tolist(), num_labels,
+                          f"{corruption_set.describe()} ({corruption}, severity {severity})")
             for chunk in _chunks(_shard(len(labels)), batch_size):
                 jobs.append((corruption, severity, chunk))
                 job_labels.append(torch.as_tensor(labels[chunk]))
