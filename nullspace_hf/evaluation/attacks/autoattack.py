@@ -3,7 +3,7 @@ diverse parameter-free attacks"), its standard version, through the authors' cod
 
 The standard version is the one RobustBench reports: APGD-CE (100 iterations, no restart), APGD-T (targeted
 DLR loss, 9 target classes), FAB-T (9 target classes) and Square (5,000 queries), each run on the images the
-previous ones left correctly classified. ``pyautoattack`` is the authors' ``fra31/auto-attack`` as a PyPI
+previous ones left correctly classified. Models need at least 4 classes (APGD-T's DLR loss). ``pyautoattack`` is the authors' ``fra31/auto-attack`` as a PyPI
 package (torch only); ART's ``AutoAttack`` runs APGD-CE, APGD-DLR, DeepFool and Square and has no FAB, so it
 cannot run the standard version (``docs/evaluation.md``).
 """
@@ -69,8 +69,9 @@ class AutoAttack(Attack):
         seed = int(torch.randint(0, 2**31 - 1, ()))
         with frozen_eval(classifier):
             num_classes = classifier(pixels[:1]).shape[-1]
-            if num_classes < 2:
-                raise ValueError("AutoAttack needs a model with at least 2 classes.")
+            if num_classes < 4:
+                raise ValueError(f"AutoAttack needs a model with at least 4 classes (APGD-T's targeted DLR loss "
+                                 f"compares the 1st, 3rd and 4th largest logits); this one has {num_classes}.")
             attack = _pyautoattack().AutoAttack(classifier, norm=self.norm, eps=self.epsilon, version=self.version,
                                                 seed=seed, device=pixels.device)
             attack.verbose = False
