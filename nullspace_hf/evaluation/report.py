@@ -70,14 +70,14 @@ class RobustnessReport:
         return summary
 
     def preprocessing_text(self) -> str:
-        """The preprocessing in one line, e.g. ``ViTImageProcessor: 32×32 input, rescale 1/255, mean [0.5, …]``."""
+        """The preprocessing in one line, e.g. ``ViTImageProcessor: 32×32 input, rescale ×1/255, normalise mean …``."""
         steps = self.preprocessing
         if not steps:
             return "unknown"
         height, width = steps["input_size"]
         return (f"{steps['processor']}: {height}×{width} input"
                 + (f", centre crop {steps['center_crop']}" if steps.get("center_crop") else "")
-                + f", rescale {steps['rescale']:.6g}/255 → [0, 1], normalise mean {_numbers(steps['mean'])} "
+                + f", rescale ×{_factor(steps['rescale'])}, normalise mean {_numbers(steps['mean'])} "
                   f"std {_numbers(steps['std'])} (inside the attacked model)")
 
     def summary_details(self) -> dict[str, dict[str, Any]]:
@@ -182,6 +182,10 @@ class RobustnessReport:
                           + (f"; CE relative to it, mean over the corruptions: {_cell(self.relative_mce)}."
                              if self.relative_mce is not None else ".")]
         return "\n".join(lines) + "\n"
+
+
+def _factor(value: float) -> str:
+    return "1/255" if abs(value * 255 - 1) < 1e-9 else f"{value:.6g}"
 
 
 def _numbers(values: list[float]) -> str:
