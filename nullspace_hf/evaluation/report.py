@@ -93,7 +93,7 @@ class RobustnessReport:
             if name in self.attacks:
                 attack = self.attacks[name]
                 entry.update(threat_model=attack.get("threat_model"), epsilon=attack.get("epsilon"),
-                             attack={"name": name, **attack["config"]})
+                             attack={"name": name, **attack.get("config", {})})
             elif name == "corruption":
                 severities = sorted({s for by_severity in self.corruptions.values() for s in by_severity})
                 entry.update(threat_model="corruptions", corruption_source=(self.corruption_source or {}).get(
