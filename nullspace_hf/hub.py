@@ -51,7 +51,8 @@ PAPER_CITATION = """@article{liu2024approximate,
   year={2024}
 }"""
 PUSH_EXCLUDE = ("checkpoint-*/*", "corruption_cache/*")
-SUMMARY_METRICS = {"clean": "Clean accuracy", "fgsm": "FGSM accuracy", "corruption": "Mean corruption accuracy"}
+SUMMARY_METRICS = {"clean": "Clean accuracy", "fgsm": "FGSM accuracy", "autoattack": "AutoAttack robust accuracy",
+                   "corruption": "Mean corruption accuracy"}
 
 
 def noise_rounds_table(noise_history: list[dict[str, Any]]) -> str:
@@ -77,11 +78,34 @@ def results_table(results: dict[str, Any]) -> str:
     for name, summary in runs.items():
         lines.append(f"| {name} | " + " | ".join("–" if summary.get(m) is None else f"{summary[m]:.2f}"
                                                for m in metrics) + " |")
-    samples = results.get("after", results.get(next(iter(runs)), {})).get("num_samples")
+    last = results.get("after", results.get(next(iter(runs)), {}))
+    samples = last.get("num_samples")
     note = f"Accuracies in % on {samples} held-out images." if samples else "Accuracies in %."
-    if "fgsm" in metrics:
-        note += " FGSM uses ε = 1/255 in [0, 1] pixel space."
+    details = last.get("summary_details", {})
+    conditions = [f"{SUMMARY_METRICS.get(m, m.upper() + ' accuracy')}: {threat_text(details[m])}" for m in metrics
+                  if m in details and m != "clean"]
+    if conditions:
+        note += " " + "; ".join(conditions) + "."
+    if details.get("clean"):
+        note += f" Preprocessing: {details['clean']['preprocessing']}."
     return "\n".join(lines) + "\n\n" + note + _change_sentence(runs)
+
+
+def threat_text(details: dict[str, Any]) -> str:
+    """One number's conditions in words (a ``summary_details`` entry): ``Linf, ε = 1/255 ([0, 1] pixels), fgsm``."""
+    if details.get("threat_model") == "corruptions":
+        return f"common corruptions, {details.get('corruption_source') or 'unknown source'}"
+    if details.get("threat_model") is None:
+        return "clean images"
+    epsilon = details.get("epsilon")
+    budget = "unbounded" if epsilon is None else f"ε = {_fraction_of_255(epsilon)} ([0, 1] pixels)"
+    return f"{details['threat_model']}, {budget}, {(details.get('attack') or {}).get('name', 'attack')}"
+
+
+def _fraction_of_255(value: float) -> str:
+    """``value`` as ``k/255`` when it is a whole number of grey levels, else as a decimal."""
+    levels = value * 255
+    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-6 else f"{value:.6g}"
 
 
 def _change_sentence(runs: dict[str, dict[str, float]]) -> str:
@@ -145,12 +169,16 @@ def build_model_card(
     eval_results = []
     after = (results or {}).get("after")
     if after and "summary" in after:
+        details = after.get("summary_details", {})
         for metric, value in after["summary"].items():
+            conditions = details.get(metric)
             eval_results.append(EvalResult(
                 task_type="image-classification", dataset_type=_hub_id(dataset_id) or dataset_name or after.get("dataset", "unknown"),
                 dataset_name=dataset_name or after.get("dataset", "unknown"), dataset_split="test",
                 metric_type="accuracy", metric_name=SUMMARY_METRICS.get(metric, f"{metric.upper()} accuracy"),
                 metric_value=round(float(value), 4),
+                metric_config=threat_text(conditions) if conditions else None,
+                metric_args={key: item for key, item in conditions.items() if key != "value"} if conditions else None,
             ))
     hub_base, hub_dataset = _hub_id(base_model), _hub_id(dataset_id)
     if hub_base:

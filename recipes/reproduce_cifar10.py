@@ -11,7 +11,9 @@ interrupted run resumes where it stopped):
 2. fine-tune it, same steps and data, with every method (vanilla, random ε-noise, nullspace noise with the
    paper's schedule, fresh U(−1, 1) and the package defaults, Madry and TRADES PGD training) and seed, and
    the ε ablation (nullspace and random noise at each ε);
-3. evaluate every model on the test set: clean, FGSM, PGD, 19 corruptions × 5 severities (mean
+3. evaluate every model on the test set: clean, FGSM, PGD (``--eval_attacks``; add ``autoattack`` for the
+   AutoAttack column, which a later invocation also adds to runs already evaluated), 19 corruptions × 5
+   severities, on the fly or read from the released CIFAR-10-C (``--eval_corruption_source``) (mean
    corruption accuracy, and CE relative to the pretrained model);
 4. measure Fig. 3 (learned vs. permuted noise), Fig. 4 (noise and metrics over rounds), Fig. 5 (α·v,
    α₁v₁ + α₂v₂) with ``nullspace_hf.analysis``;
@@ -104,6 +106,14 @@ class ReproduceArguments:
     adversarial_steps: int = field(default=3, metadata={"help": "PGD steps per batch in Madry/TRADES training."})
     eval_samples: int = field(default=1000, metadata={"help": "Test images of the robustness evaluation."})
     eval_severities: str = field(default="1,2,3,4,5", metadata={"help": "Corruption severities."})
+    eval_attacks: str = field(default="fgsm,pgd", metadata={
+        "help": "Attacks of the robustness evaluation (comma-separated, ε = 1/255); 'fgsm,pgd,autoattack' adds the "
+                "AutoAttack column, also to the runs of an earlier invocation (only the missing attack is run)."})
+    eval_corruption_source: str | None = field(default=None, metadata={
+        "help": "The released CIFAR-10-C folder (<corruption>.npy, labels.npy) to read instead of corrupting on the "
+                "fly; its first eval_samples images per corruption and severity are used."})
+    eval_corruption_workers: int = field(default=0, metadata={
+        "help": "Worker processes that corrupt (or read) images during the evaluations."})
     round_eval_samples: int = field(default=500, metadata={"help": "Test images of Fig. 4's per-round metrics."})
     analysis_noises: int = field(default=8, metadata={"help": "Fig. 5: m noises from different initialisations."})
     analysis_pairs: int = field(default=4, metadata={"help": "Fig. 5: n pairs of noises in the heat-map."})
@@ -164,6 +174,10 @@ class ReproduceArguments:
     @property
     def seed_list(self) -> list[int]:
         return [int(s) for s in self.seeds.split(",") if s.strip()]
+
+    @property
+    def attack_list(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.eval_attacks.split(",") if a.strip())
 
     @property
     def severity_list(self) -> list[int]:
@@ -265,11 +279,33 @@ def load_processor(pretrained: Path, args: ReproduceArguments) -> Any:
 
 
 def _robustness(model: torch.nn.Module, processor: Any, test: Dataset, args: ReproduceArguments, *,
-                severities: list[int], attacks: tuple[str, ...] = ("fgsm", "pgd")) -> dict[str, Any]:
+                severities: list[int], attacks: tuple[str, ...] | None = None, corruptions: str = "all",
+                corruption_source: str | None = None) -> dict[str, Any]:
     return evaluate_robustness(
-        model, test, image_processor=processor, attacks=attacks, corruptions="all", severities=severities,
-        batch_size=250, seed=0, image_column=args.image_column, label_column=args.label_column,
+        model, test, image_processor=processor, attacks=args.attack_list if attacks is None else attacks,
+        corruptions=corruptions, severities=severities, corruption_source=corruption_source,
+        max_corruption_samples=args.eval_samples, corruption_workers=args.eval_corruption_workers, batch_size=250,
+        seed=0, image_column=args.image_column, label_column=args.label_column,
         cache_dir=Path(args.output_dir) / "corruption_cache", dataset_name="cifar10", progress=False).to_dict()
+
+
+def add_missing_attacks(report: dict[str, Any], load_model, processor: Any, test: Dataset,
+                        args: ReproduceArguments) -> bool:
+    """Evaluate the ``--eval_attacks`` a cached report lacks (e.g. ``autoattack`` added later) and merge them in.
+
+    Returns:
+        Whether the report changed (and should be written back).
+    """
+    missing = tuple(name for name in args.attack_list if name not in report["attacks"])
+    if not missing:
+        return False
+    added = _robustness(load_model(), processor, test, args, severities=args.severity_list, attacks=missing,
+                        corruptions="none")
+    merged = RobustnessReport.from_dict(report)
+    merged.attacks.update(added["attacks"])
+    report.clear()
+    report.update(merged.to_dict())
+    return True
 
 
 def _round_metrics(processor: Any, test: Dataset, args: ReproduceArguments):
@@ -303,7 +339,8 @@ def finetune_and_evaluate(spec: RunSpec, args: ReproduceArguments, pretrained: P
     seconds = time.perf_counter() - started - (tracker.seconds if tracker else 0.0)  # Fig. 4's measurements aside
     trainer.save_model()
     return {"method": spec.method, "eps": spec.eps, "seed": spec.seed, "train_seconds": seconds,
-            "report": _robustness(trainer.model, processor, test, args, severities=args.severity_list),
+            "report": _robustness(trainer.model, processor, test, args, severities=args.severity_list,
+                                  corruption_source=args.eval_corruption_source),
             "noise_history": getattr(trainer, "noise_history", []),
             "rounds": tracker.records if tracker else [], "final_loss": trainer.state.log_history[-1].get("train_loss")}
 
@@ -363,7 +400,7 @@ def run_metrics(result: dict[str, Any], reference: dict[str, Any]) -> dict[str, 
     summary = RobustnessReport.from_dict(result["report"]).summary()
     history = result.get("noise_history") or []
     return {"clean": summary["clean"], "fgsm": summary.get("fgsm", math.nan), "pgd": summary.get("pgd", math.nan),
-            "corruption": summary.get("corruption", math.nan),
+            "autoattack": summary.get("autoattack", math.nan), "corruption": summary.get("corruption", math.nan),
             "rel_ce": relative_ce(result["report"], reference) or math.nan, "train_seconds": result["train_seconds"],
             "noise_norm": sum(r["norm"] for r in history) / len(history) if history else math.nan,
             "synthesis_steps": sum(r["steps"] for r in history) / len(history) if history else math.nan}
@@ -429,9 +466,10 @@ def _signed(value: tuple[float, float], n: int) -> str:
     return f"{mean:+.2f} ± {std:.2f}" if n > 1 else f"{mean:+.2f}"
 
 
-EFFECT_COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd", "PGD"), ("corruption", "Corruption acc."),
-                  ("rel_ce", "Rel. CE (↓)"))
-COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd", "PGD"), ("corruption", "Corruption acc."),
+EFFECT_COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd", "PGD"), ("autoattack", "AutoAttack"),
+                  ("corruption", "Corruption acc."), ("rel_ce", "Rel. CE (↓)"))
+COLUMNS = (("clean", "Clean"), ("fgsm", "FGSM"), ("pgd", "PGD"), ("autoattack", "AutoAttack"),
+           ("corruption", "Corruption acc."),
            ("rel_ce", "Rel. CE (↓)"), ("train_seconds", "Train time (s)"))
 
 
@@ -449,7 +487,7 @@ def markdown_tables(table: dict[str, dict[str, Any]], reference_row: dict[str, f
     rule = "|---" * (len(COLUMNS) + 2) + "|"
     lines = ["### Methods (ε = 0.03 for the noise methods; Table 2/3 layout)", "", header, rule,
              "| Pretrained (before fine-tuning) | " + " | ".join(
-                 "–" if key == "train_seconds" else f"{reference_row[key]:.2f}" for key, _ in COLUMNS) + " | – |"]
+                 "–" if key == "train_seconds" else _cell((reference_row[key], 0.0), 1) for key, _ in COLUMNS) + " | – |"]
     for method in methods:
         row = table.get(f"{method}@{MAIN_EPS:g}")
         if row:
@@ -490,7 +528,7 @@ def _cached(path: Path, compute) -> Any:
 RUN_SETTINGS = ("protocol", "normalization", "pretrained_dir", "pretrain_augment", "pretrain_epochs", "patch_size",
                 "hidden_size", "num_hidden_layers", "max_train_samples", "finetune_steps", "batch_size",
                 "learning_rate", "noise_refresh_steps", "noise_max_steps", "adversarial_epsilon", "adversarial_steps",
-                "eval_samples", "eval_severities", "train_file", "test_file")
+                "eval_samples", "eval_severities", "eval_corruption_source", "train_file", "test_file")
 
 
 def check_settings(args: ReproduceArguments) -> None:
@@ -529,14 +567,22 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
 
     def reference_report() -> dict[str, Any]:
         return _robustness(ViTForImageClassification.from_pretrained(pretrained), processor, test, args,
-                           severities=args.severity_list)
+                           severities=args.severity_list, corruption_source=args.eval_corruption_source)
 
     reference = _cached(output / "pretrained_results.json", reference_report)
+    if add_missing_attacks(reference, lambda: ViTForImageClassification.from_pretrained(pretrained), processor, test,
+                           args):
+        _write_json(output / "pretrained_results.json", reference)
     results = {}
     for spec in plan_runs(args):
         print(f"[reproduce] {spec.name}", flush=True)
-        results[spec.name] = _cached(output / "runs" / spec.name / "run_results.json",
+        run_dir = output / "runs" / spec.name
+        results[spec.name] = _cached(run_dir / "run_results.json",
                                      lambda spec=spec: finetune_and_evaluate(spec, args, pretrained, train, test))
+        if add_missing_attacks(results[spec.name]["report"],
+                               lambda run_dir=run_dir: ViTForImageClassification.from_pretrained(run_dir), processor,
+                               test, args):
+            _write_json(run_dir / "run_results.json", results[spec.name])
     inputs = functools.cache(lambda: analysis_inputs(args, pretrained, train, test))  # loaded once, if needed
     analysis = {"fig3": _cached(output / "analysis_fig3.json", lambda: measure_fig3(args, inputs())),
                 "fig5": _cached(output / "analysis_fig5.json", lambda: measure_fig5(args, inputs()))} \

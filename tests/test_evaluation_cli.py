@@ -87,3 +87,23 @@ def test_two_processes_count_each_sample_once(saved, tmp_path, capsys):
     assert one["settings"]["num_processes"] == 1
     for key in ("clean_accuracy", "attacks", "corruptions"):
         assert two[key] == one[key]
+
+
+def test_cli_reads_a_released_set_and_runs_autoattack(saved, tmp_path, capsys):
+    import numpy as np
+
+    root = tmp_path / "CIFAR-10-C"
+    root.mkdir()
+    np.save(root / "fog.npy", np.random.default_rng(0).integers(0, 256, (15, 32, 32, 3), dtype=np.uint8))
+    np.save(root / "labels.npy", np.asarray([1, 2, 3] * 5))
+    output = tmp_path / "results.json"
+    status = main(["evaluate", str(saved / "model"), "--dataset", str(saved / "digits37"), "--max-samples", "2",
+                   "--attacks", "autoattack", "--epsilon", "8/255", "--corruptions", "fog", "--corruption-source",
+                   str(root), "--corruption-workers", "1", "--output", str(output), "--no-progress"])
+    assert status == 0
+    report = json.loads(output.read_text())
+    assert report["corruption_source"]["kind"] == "cifar-10-c" and report["corruption_source"]["images_per_set"] == [2]
+    assert set(report["corruptions"]["fog"]) == {"1", "2", "3", "4", "5"}
+    assert report["attacks"]["autoattack"]["epsilon"] == float(Fraction(8, 255))
+    assert report["summary_details"]["autoattack"]["threat_model"] == "Linf"
+    assert report["settings"]["corruption_workers"] == 1

@@ -59,3 +59,34 @@ def test_each_trainer_writes_its_card_with_its_tags_and_settings(tmp_path, train
     for setting in hyperparameter_names(config_class):
         assert f"| `{setting}` |" in card.text, setting
     assert ("## Noise statistics" in card.text) is (trainer_class is NullspaceTrainer)
+
+
+def test_the_model_index_states_each_numbers_threat_model_and_source(tmp_path, digits_report):
+    results = {"before": digits_report, "after": digits_report}
+    card = build_model_card(model_name="run", repo_id="user/run", args=NullspaceConfig(output_dir="x"),
+                            noise_history=[], results=results, dataset_name="digits")
+    by_name = {result.metric_name: result for result in card.data.eval_results}
+    fgsm, corruption = by_name["FGSM accuracy"], by_name["Mean corruption accuracy"]
+    assert fgsm.metric_args["threat_model"] == "Linf" and fgsm.metric_args["epsilon"] == pytest.approx(1 / 255)
+    assert fgsm.metric_args["attack"] == {"name": "fgsm", "epsilon": pytest.approx(1 / 255)}
+    assert fgsm.metric_config == "Linf, ε = 1/255 ([0, 1] pixels), fgsm"
+    assert corruption.metric_args["threat_model"] == "corruptions"
+    assert corruption.metric_args["corruption_source"].startswith("on the fly at 32×32 px")
+    assert "32×32 input, rescale ×1/255, normalise mean [0.5, 0.5, 0.5] std [0.5, 0.5, 0.5]" in by_name[
+        "Clean accuracy"].metric_args["preprocessing"]
+    assert by_name["Clean accuracy"].metric_config == "clean images"
+    assert "FGSM accuracy: Linf, ε = 1/255 ([0, 1] pixels), fgsm" in card.text
+    assert "Mean corruption accuracy: common corruptions, on the fly at 32×32 px" in card.text
+    loaded = ModelCard(str(card))  # the metadata survives the YAML round trip
+    assert loaded.data.eval_results[1].metric_args["threat_model"] == "Linf"
+
+
+@pytest.fixture(scope="module")
+def digits_report() -> dict:
+    """A real report (FGSM and one corruption) of a tiny model on 8 digits."""
+    from nullspace_hf.data import digits_dataset
+    from nullspace_hf.evaluation import evaluate_robustness
+
+    return evaluate_robustness(make_tiny_model(num_labels=10), digits_dataset()["test"].select(range(8)),
+                               image_processor=ViTImageProcessor(size={"height": 32, "width": 32}), attacks=["fgsm"],
+                               corruptions=["fog"], severities=(1,), progress=False).to_dict()

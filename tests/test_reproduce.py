@@ -214,3 +214,29 @@ def test_image_folders_load_like_parquet(recipe, parquet_data, tmp_path):
     train, test, names = recipe.load_splits(args)
     assert (len(train), len(test)) == (30, 10)
     assert set(train["label"]) <= set(range(len(names)))
+
+
+def test_a_later_invocation_adds_the_autoattack_column_to_cached_reports(recipe, parquet_data, tmp_path):
+    from datasets import load_dataset
+    from transformers import ViTImageProcessor
+
+    from .helpers import make_tiny_model
+
+    args = _args(recipe, parquet_data, tmp_path / "out", "--eval_attacks", "fgsm,autoattack")
+    model, processor = make_tiny_model(num_labels=10), ViTImageProcessor(size={"height": 32, "width": 32})
+    test = load_dataset("parquet", data_files=str(parquet_data / "test.parquet"))["train"].select(range(6))
+    cached = recipe._robustness(model, processor, test, args, severities=[1], attacks=("fgsm",))
+    corruptions = json.dumps(cached["corruptions"])
+    assert recipe.add_missing_attacks(cached, lambda: model, processor, test, args)
+    assert list(cached["attacks"]) == ["fgsm", "autoattack"] and json.dumps(cached["corruptions"]) == corruptions
+    assert cached["summary"]["autoattack"] == cached["attacks"]["autoattack"]["accuracy"] <= cached["summary"]["clean"]
+    assert cached["summary_details"]["autoattack"]["threat_model"] == "Linf"
+    assert recipe.run_metrics({"report": cached, "train_seconds": 1.0}, cached)["autoattack"] == cached["summary"][
+        "autoattack"]
+
+    def not_again():
+        raise AssertionError("evaluated again")
+
+    assert not recipe.add_missing_attacks(cached, not_again, processor, test, args)
+    assert "| AutoAttack |" in recipe.markdown_tables({}, recipe.run_metrics({"report": cached, "train_seconds": 1.0},
+                                                                              cached), [], [0.03])

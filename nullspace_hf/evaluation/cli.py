@@ -32,9 +32,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", help="Image column (default: found automatically).")
     parser.add_argument("--label-column", help="Label column (default: found automatically).")
     parser.add_argument("--attacks", nargs="+", default=["fgsm", "pgd", "cw", "patchfool"], metavar="NAME",
-                        help="Attacks: fgsm, pgd, cw, patchfool, or none (default: all four).")
+                        help="Attacks: fgsm, pgd, cw, patchfool, autoattack, or none (default: the first four).")
     parser.add_argument("--epsilon", type=_number, metavar="EPS",
-                        help="L∞ budget of FGSM and PGD in [0, 1] pixel units, e.g. 1/255 (the default).")
+                        help="Budget of FGSM, PGD and AutoAttack in [0, 1] pixel units, e.g. 1/255 (the default) "
+                             "or 8/255 (RobustBench's CIFAR-10 L∞).")
+    parser.add_argument("--autoattack-norm", choices=["Linf", "L2"],
+                        help="Norm of AutoAttack's ball (default Linf).")
     parser.add_argument("--pgd-steps", type=int, metavar="N", help="PGD steps (default 10).")
     parser.add_argument("--pgd-step-size", type=_number, metavar="ALPHA", help="PGD step size (default ε/4).")
     parser.add_argument("--cw-steps", type=int, metavar="N", help="Carlini–Wagner Adam steps (default 50).")
@@ -43,6 +46,14 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Corruption names or a group: all (15 ImageNet-C + 4 extra), imagenet-c, extra, none.")
     parser.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], metavar="S",
                         help="Corruption severities, 1 to 5 (default: all).")
+    parser.add_argument("--corruption-source", metavar="SOURCE",
+                        help="Read a released corruption set instead of corrupting on the fly: an ImageNet-C folder "
+                             "(<corruption>/<severity>/<wnid>/*.JPEG), a CIFAR-10-C folder (<corruption>.npy, "
+                             "labels.npy), or a datasets copy (save_to_disk folder or Hub id) with corruption and "
+                             "severity columns. --max-samples also limits each corruption and severity.")
+    parser.add_argument("--corruption-workers", type=int, default=0, metavar="N",
+                        help="Worker processes that corrupt (or read) images while the model runs (default 0: "
+                             "in the main process); the images are the same whatever N.")
     parser.add_argument("--reference", metavar="MODEL",
                         help="Reference model for the corruption errors (e.g. the checkpoint before fine-tuning).")
     parser.add_argument("--ood", action="append", default=[], metavar="NAME=SOURCE",
@@ -69,6 +80,7 @@ def build_attacks(args: argparse.Namespace) -> list[Attack]:
         "pgd": {"epsilon": args.epsilon, "steps": args.pgd_steps, "step_size": args.pgd_step_size},
         "cw": {"steps": args.cw_steps},
         "patchfool": {"steps": args.patchfool_steps},
+        "autoattack": {"epsilon": args.epsilon, "norm": args.autoattack_norm},
     }
     return resolve_attacks([
         ATTACKS[name](**{key: value for key, value in options[name].items() if value is not None})
@@ -124,6 +136,8 @@ def run_evaluate(args: argparse.Namespace) -> RobustnessReport:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     report = evaluate_robustness(
         args.model, dataset, attacks=attacks, corruptions=args.corruptions, severities=args.severities,
+        corruption_source=args.corruption_source, max_corruption_samples=args.max_samples,
+        corruption_workers=args.corruption_workers,
         reference_model=args.reference, ood_datasets=_ood_sources(args.ood), batch_size=args.batch_size,
         seed=args.seed, image_column=args.image_column, label_column=args.label_column, cache_dir=args.cache_dir,
         dataset_name=f"{args.dataset} ({args.split})",
@@ -141,8 +155,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser = subparsers.add_parser(
         "evaluate",
         help="Robustness report: attacks, corruptions (mCE) and OOD sets (paper §5, Table 2).",
-        description="Evaluate an image classifier under FGSM, PGD, CW and PatchFool attacks, ImageNet-C "
-                    "corruptions and out-of-distribution sets; print a JSON or Markdown report.",
+        description="Evaluate an image classifier under FGSM, PGD, CW, PatchFool and AutoAttack, common "
+                    "corruptions (on the fly, or the released ImageNet-C / CIFAR-10-C) and out-of-distribution "
+                    "sets; print a JSON or Markdown report.",
     )
     add_evaluate_arguments(parser)
     parser.set_defaults(func=run_evaluate)

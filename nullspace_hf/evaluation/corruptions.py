@@ -146,7 +146,8 @@ def corrupt_pixels(pixels: torch.Tensor, corruption: str, severity: int, sample_
     return from_8bit(np.stack(outputs)).permute(0, 3, 1, 2).to(pixels.device)
 
 
-def _library_version() -> str:
+def library_version() -> str:
+    """The installed corruption library and its version, e.g. ``imagecorruptions-imaug 1.1.5``."""
     for distribution in ("imagecorruptions-imaug", "imagecorruptions"):
         try:
             return f"{distribution} {version(distribution)}"
@@ -173,7 +174,7 @@ class CorruptedSets:
         digest = hashlib.sha1()
         digest.update(to_8bit(pixels).numpy().tobytes())
         digest.update(np.asarray(sample_ids, dtype=np.int64).tobytes())
-        digest.update(f"{self.seed}|{_library_version()}".encode())
+        digest.update(f"{self.seed}|{library_version()}".encode())
         return cache_dir / corruption / str(severity) / f"{digest.hexdigest()}.npy"
 
     def get(self, pixels: torch.Tensor, corruption: str, severity: int, sample_ids: Sequence[int]) -> torch.Tensor:

@@ -23,13 +23,20 @@ class RobustnessReport:
         dataset: the evaluation set's name.
         num_samples: images evaluated (each counted once, over all processes).
         clean_accuracy: top-1 accuracy on the clean images.
-        attacks: per attack name, ``{"column", "accuracy", "config"}``.
+        attacks: per attack name, ``{"column", "accuracy", "attack_success_rate", "threat_model", "epsilon",
+            "config"}`` (accuracies in %, ε in [0, 1] pixel units, ``None`` for an unbounded attack).
         corruptions: per corruption, accuracy per severity.
         corruption_errors: per corruption, ``CE_c`` (a ratio, see :mod:`~nullspace_hf.evaluation.metrics`).
         mce: mean corruption error ×100 over the ImageNet-C corruptions evaluated (lower is better), or
             ``None`` without a baseline.
         mce_baseline: ``"alexnet"``, ``"reference"`` or ``None``.
         mce_official: whether all 15 ImageNet-C corruptions at all 5 severities went into ``mce``.
+        relative_mce: 100 · the mean over every corruption evaluated of the CE relative to the reference model
+            (``None`` without one).
+        corruption_source: where the corrupted images came from: ``{"kind": "on-the-fly" | "imagenet-c" |
+            "cifar-10-c" | "datasets", "name", "description", "images_per_set"}`` (and ``"resolution"`` on the
+            fly); ``None`` without corruptions.
+        preprocessing: the image processor's steps before the model (size, crop, rescale, mean, std).
         reference: the reference model's name, clean accuracy and corruption accuracies, if one was given.
         ood: per out-of-distribution set, ``{"column", "accuracy", "num_samples"}``.
         settings: seed, batch size and the other choices that shape the numbers.
@@ -45,6 +52,9 @@ class RobustnessReport:
     mce: float | None = None
     mce_baseline: str | None = None
     mce_official: bool = False
+    relative_mce: float | None = None
+    corruption_source: dict[str, Any] | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] | None = None
     ood: dict[str, dict[str, Any]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -59,9 +69,42 @@ class RobustnessReport:
             summary["corruption"] = sum(accuracies) / len(accuracies)
         return summary
 
+    def preprocessing_text(self) -> str:
+        """The preprocessing in one line, e.g. ``ViTImageProcessor: 32×32 input, rescale ×1/255, normalise mean …``."""
+        steps = self.preprocessing
+        if not steps:
+            return "unknown"
+        height, width = steps["input_size"]
+        return (f"{steps['processor']}: {height}×{width} input"
+                + (f", centre crop {steps['center_crop']}" if steps.get("center_crop") else "")
+                + f", rescale ×{_factor(steps['rescale'])}, normalise mean {_numbers(steps['mean'])} "
+                  f"std {_numbers(steps['std'])} (inside the attacked model)")
+
+    def summary_details(self) -> dict[str, dict[str, Any]]:
+        """For each number of :meth:`summary`, what it was measured under, as RobustBench's model entries state it:
+        ``value``, ``threat_model`` (``"Linf"``, ``"L2"``, ``"patch"``, ``"corruptions"`` or ``None`` for clean
+        images), ``epsilon`` (in [0, 1] pixel units; ``None`` when unbounded or not an attack), ``attack`` (name
+        and settings), ``corruption_source`` and ``preprocessing``."""
+        preprocessing = self.preprocessing_text()
+        details: dict[str, dict[str, Any]] = {}
+        for name, value in self.summary().items():
+            entry = {"value": value, "threat_model": None, "epsilon": None, "attack": None, "corruption_source": None,
+                     "preprocessing": preprocessing}
+            if name in self.attacks:
+                attack = self.attacks[name]
+                entry.update(threat_model=attack.get("threat_model"), epsilon=attack.get("epsilon"),
+                             attack={"name": name, **attack.get("config", {})})
+            elif name == "corruption":
+                severities = sorted({s for by_severity in self.corruptions.values() for s in by_severity})
+                entry.update(threat_model="corruptions", corruption_source=(self.corruption_source or {}).get(
+                    "description"), corruptions=list(self.corruptions), severities=severities)
+            details[name] = entry
+        return details
+
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain Python values, and the :meth:`summary` under ``"summary"``."""
-        return {**dataclasses.asdict(self), "summary": self.summary()}
+        """All fields as plain Python values, the :meth:`summary` under ``"summary"`` and the
+        :meth:`summary_details` under ``"summary_details"``."""
+        return {**dataclasses.asdict(self), "summary": self.summary(), "summary_details": self.summary_details()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RobustnessReport:
@@ -114,12 +157,14 @@ class RobustnessReport:
         if self.attacks:
             lines += ["", "### Attacks", "", "| Attack | Accuracy | Settings |", "|---|---|---|"]
             lines += [f"| {name} | {_cell(result['accuracy'])} | "
+                      + (f"{result['threat_model']}, " if result.get("threat_model") else "")
                       + ", ".join(f"{key}={value:.6g}" if isinstance(value, float) else f"{key}={value}"
                                   for key, value in result["config"].items()) + " |"
                       for name, result in self.attacks.items()]
         if self.corruptions:
             severities = sorted({s for by_severity in self.corruptions.values() for s in by_severity})
-            lines += ["", "### Corruptions (accuracy per severity)", "",
+            source = (self.corruption_source or {}).get("description", "unknown source")
+            lines += ["", f"### Corruptions (accuracy per severity; {source})", "",
                       "| Corruption | " + " | ".join(str(s) for s in severities) + " | Mean | CE |",
                       "|---|" + "---|" * (len(severities) + 2)]
             for name, by_severity in self.corruptions.items():
@@ -133,8 +178,18 @@ class RobustnessReport:
                       for name, result in self.ood.items()]
         if self.reference:
             lines += ["", f"Reference model: {self.reference['model']} "
-                          f"(clean accuracy {_cell(self.reference['clean_accuracy'])})."]
+                          f"(clean accuracy {_cell(self.reference['clean_accuracy'])})"
+                          + (f"; CE relative to it, mean over the corruptions: {_cell(self.relative_mce)}."
+                             if self.relative_mce is not None else ".")]
         return "\n".join(lines) + "\n"
+
+
+def _factor(value: float) -> str:
+    return "1/255" if abs(value * 255 - 1) < 1e-9 else f"{value:.6g}"
+
+
+def _numbers(values: list[float]) -> str:
+    return "[" + ", ".join(f"{value:.4g}" for value in values) + "]"
 
 
 def _cell(value: float | None) -> str:

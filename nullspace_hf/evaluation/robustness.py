@@ -1,10 +1,12 @@
 """``evaluate_robustness``: clean accuracy, attacks, corruptions and OOD sets of one model, in one report.
 
 One pass over the evaluation set computes, batch by batch, the clean predictions, each attack's and
-each corruption's (the corrupted batch is built once and shared with the reference model). Under
-``accelerate launch`` every process takes a contiguous share of the samples (accelerate's
-``split_between_processes``, no padding) and the correct/total counts are summed over processes, so
-each sample is counted exactly once.
+each corruption's (the corrupted batch is made once, in DataLoader workers when asked, and shared with
+the reference model); a released corruption set (ImageNet-C, CIFAR-10-C or a ``datasets`` copy) is read
+instead of corrupting on the fly when one is given. Under ``accelerate launch`` every process takes a
+contiguous share of the samples (accelerate's ``split_between_processes``, no padding) and the
+predictions are gathered over processes, so each sample is counted exactly once. The numbers come from
+the package's ``evaluate`` metric modules (:mod:`~nullspace_hf.evaluation.hf_metrics`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import reduce
+from accelerate.utils import gather_object
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, PreTrainedModel
@@ -25,11 +28,14 @@ from transformers import AutoImageProcessor, PreTrainedModel
 from ..checks import check_finite_weights
 from ..data import find_columns
 from ..modeling import frozen_eval, load_model
-from ..pixels import PixelSpaceClassifier, PixelTransform, check_model_input, images_to_pixels
+from ..pixels import PixelSpaceClassifier, PixelTransform, check_model_input, from_8bit, images_to_pixels
 from .attacks import DEFAULT_ATTACKS, Attack, resolve_attacks
-from .corruptions import SEVERITIES, CorruptedSets, check_corruptible, resolve_corruptions, resolve_severities
-from .metrics import ALEXNET_ERRORS, is_official_mce, mean_corruption_error
+from .corruption_stream import CorruptOnTheFly, LoadReleased, check_workers, prefetched
+from .corruptions import (IMAGENET_C_CORRUPTIONS, SEVERITIES, CorruptedSets, check_corruptible, library_version,
+                          resolve_corruptions, resolve_severities)
+from .hf_metrics import load_metric
 from .ood import load_ood_dataset, ood_set
+from .released import CorruptionSet, open_corruption_set
 from .report import RobustnessReport
 
 
@@ -54,29 +60,36 @@ class _Metric:
 _CLEAN = _Metric("clean")
 
 
-class _Tally:
-    """Correct/total counts per metric, summed over processes at the end."""
-
-    def __init__(self, metrics: Sequence[_Metric], device: torch.device):
-        self.index = {metric: i for i, metric in enumerate(metrics)}
-        self.counts = torch.zeros(len(metrics), 2, dtype=torch.long, device=device)
-
-    def add(self, metric: _Metric, correct: torch.Tensor) -> None:
-        self.counts[self.index[metric], 0] += int(correct.sum())
-        self.counts[self.index[metric], 1] += correct.numel()
-
-    def totals(self) -> dict[_Metric, tuple[int, int]]:
-        summed = reduce(self.counts, reduction="sum") if PartialState().num_processes > 1 else self.counts
-        return {metric: (int(summed[i, 0]), int(summed[i, 1])) for metric, i in self.index.items()}
+_NO_LABELS = np.zeros(0, dtype=np.int64)
 
 
-def _fraction(counts: tuple[int, int]) -> float:
-    """Share of correct predictions: ``correct / total`` (NaN for no samples)."""
-    return counts[0] / counts[1] if counts[1] else float("nan")
+class _Predictions:
+    """Predicted and true labels per metric; :meth:`gathered` joins those of every process."""
+
+    def __init__(self, metrics: Sequence[_Metric]):
+        self.parts: dict[_Metric, list[tuple[np.ndarray, np.ndarray]]] = {metric: [] for metric in metrics}
+
+    def add(self, metric: _Metric, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        self.parts[metric].append((predictions.cpu().numpy().astype(np.int64), labels.cpu().numpy().astype(np.int64)))
+
+    def _local(self) -> dict[_Metric, tuple[np.ndarray, np.ndarray]]:
+        return {metric: (np.concatenate([p for p, _ in parts]), np.concatenate([l for _, l in parts]))
+                if parts else (_NO_LABELS, _NO_LABELS) for metric, parts in self.parts.items()}
+
+    def gathered(self) -> dict[_Metric, tuple[np.ndarray, np.ndarray]]:
+        """Per metric, (predictions, labels) of all processes, in process order (so paired metrics stay paired)."""
+        local = self._local()
+        if PartialState().num_processes == 1:
+            return local
+        shares = gather_object([local])
+        return {metric: (np.concatenate([share[metric][0] for share in shares]),
+                         np.concatenate([share[metric][1] for share in shares])) for metric in local}
 
 
-def _accuracy(counts: tuple[int, int]) -> float:
-    return 100.0 * _fraction(counts)
+def _accuracy(records: Mapping[_Metric, tuple[np.ndarray, np.ndarray]], metric: _Metric) -> float:
+    """Top-1 accuracy in % (the ``accuracy`` module)."""
+    predictions, labels = records[metric]
+    return 100.0 * load_metric("accuracy").compute(predictions=predictions, references=labels)["accuracy"]
 
 
 @contextlib.contextmanager
@@ -123,17 +136,37 @@ def _shard(size: int) -> list[int]:
         return list(indices)
 
 
-def _batches(dataset: Dataset, indices: list[int], batch_size: int, image_column: str, label_column: str,
-             processor: Any, device: torch.device, description: str, progress: bool
-             ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """(sample ids, pixels in [0, 1], labels) per batch of this process's samples, with a progress bar."""
-    starts = range(0, len(indices), batch_size)
-    bar = tqdm(starts, desc=description, unit="batch", disable=not (progress and PartialState().is_local_main_process))
-    for start in bar:
-        ids = indices[start:start + batch_size]
-        rows = dataset[ids]
-        yield (ids, images_to_pixels(processor, rows[image_column]).to(device),
-               torch.as_tensor(rows[label_column], device=device))
+def _chunks(indices: list[int], batch_size: int) -> list[list[int]]:
+    return [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+
+
+def _progress(items: Iterable[Any], total: int, description: str, progress: bool) -> Iterable[Any]:
+    return tqdm(items, total=total, desc=description, unit="batch",
+                disable=not (progress and PartialState().is_local_main_process))
+
+
+def _plain(value: Any) -> Any:
+    """A processor setting as plain JSON values (size dicts without their unset entries, enums by name)."""
+    if hasattr(value, "items"):
+        return {key: item for key, item in value.items() if item is not None}
+    return getattr(value, "name", value)
+
+
+def _preprocessing(processor: Any, transform: PixelTransform, size: Sequence[int]) -> dict[str, Any]:
+    """What the images go through before the model, as reports state it beside every number."""
+    return {
+        "processor": type(processor).__name__,
+        "input_size": list(size),
+        "resize": _plain(getattr(processor, "size", None)) if getattr(processor, "do_resize", False) else None,
+        "resample": _plain(getattr(processor, "resample", None)),
+        "center_crop": _plain(getattr(processor, "crop_size", None)) if getattr(processor, "do_center_crop", False)
+        else None,
+        "rescale": transform.scale / 255.0,
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "pixel_space": "attacks and corruptions act on [0, 1] pixels after resize and crop; the rescale and "
+                       "normalisation run inside the attacked model",
+    }
 
 
 def evaluate_robustness(
@@ -144,6 +177,9 @@ def evaluate_robustness(
     attacks: Iterable[str | Attack] | str | None = DEFAULT_ATTACKS,
     corruptions: str | Iterable[str] | None = "all",
     severities: Iterable[int] = SEVERITIES,
+    corruption_source: str | os.PathLike | Dataset | CorruptionSet | None = None,
+    max_corruption_samples: int | None = None,
+    corruption_workers: int = 0,
     reference_model: PreTrainedModel | str | None = None,
     reference_processor: Any = None,
     ood_datasets: Mapping[str, Dataset | str] | None = None,
@@ -170,9 +206,17 @@ def evaluate_robustness(
         corruptions: corruption names or a group (``"all"``: the 15 ImageNet-C corruptions and 4 extra;
             ``"imagenet-c"``; ``"extra"``; ``"none"``).
         severities: corruption severities, from 1 to 5.
+        corruption_source: ``None`` to corrupt ``dataset`` on the fly at the processor's resolution, or a
+            released benchmark to read (:func:`~nullspace_hf.evaluation.released.open_corruption_set`): an
+            ImageNet-C folder, a CIFAR-10-C folder, or a ``datasets`` copy (folder, Hub id or ``Dataset``)
+            with ``corruption`` and ``severity`` columns.
+        max_corruption_samples: images read per corruption and severity of a released set (all: ``None``).
+        corruption_workers: DataLoader worker processes that corrupt (or read) images while the model runs;
+            0 does it in this process. The images are the same whatever the number.
         reference_model: the baseline of the corruption errors (e.g. the checkpoint before fine-tuning).
-            Without one, a 1,000-class (ImageNet) model is normalised by AlexNet's errors; other models
-            get corruption accuracies only.
+            The mCE is normalised by AlexNet's errors when the source is the released ImageNet-C with all 15
+            corruptions × 5 severities; otherwise by the reference model, when one is given; otherwise the
+            report has corruption accuracies only.
         reference_processor: the reference's image processor; by default its saved one, else ``image_processor``.
         ood_datasets: out-of-distribution sets by name (``imagenet-a``, ``imagenet-r``, ``imagenet-v2``,
             ``imagenet-sketch``, ``stylized-imagenet``, ``damagenet``): a ``Dataset`` with ImageNet-1k
@@ -189,11 +233,13 @@ def evaluate_robustness(
 
     Raises:
         ValueError: an unknown attack, corruption or OOD set name, an empty dataset, labels outside the
-            model's classes, or an image processor that does not fit the model (channels, size).
+            model's classes, an image processor that does not fit the model (channels, size), or a released
+            corruption set that is incomplete, mislabelled or made for other classes.
     """
     attack_list = resolve_attacks(attacks)
     corruption_names = resolve_corruptions(corruptions)
     severity_list = resolve_severities(severities)
+    check_workers(corruption_workers)
     ood_sources = dict(ood_datasets or {})
     for name in ood_sources:
         ood_set(name)
@@ -210,7 +256,13 @@ def evaluate_robustness(
     classifier = PixelSpaceClassifier(model, PixelTransform.from_processor(processor, probe.shape[1]))
     check_model_input(model, probe, classifier.transform)
     _check_labels(dataset[label_column], num_labels, "The evaluation dataset")
-    if corruption_names:
+    released, label_map = None, None
+    if corruption_names and corruption_source is not None:
+        released = (corruption_source if isinstance(corruption_source, CorruptionSet)
+                    else open_corruption_set(corruption_source, max_samples=max_corruption_samples))
+        released.check(corruption_names, severity_list)
+        label_map = released.label_map(model.config.id2label, num_labels)
+    elif corruption_names:
         check_corruptible(*probe.shape[1:])
     if ood_sources and num_labels != 1000:
         raise ValueError(f"The out-of-distribution sets are ImageNet sets, but the model has {num_labels} classes.")
@@ -223,89 +275,177 @@ def evaluate_robustness(
         if ref_model.config.num_labels != num_labels:
             raise ValueError(f"The reference model has {ref_model.config.num_labels} classes, the model {num_labels}.")
 
-    with frozen_eval(*(judge.model for judge in (classifier, reference) if judge is not None)):
-        counts = _count_correct(classifier, reference, dataset, processor, attack_list, corruption_names,
-                                severity_list, batch_size=batch_size, seed=seed, image_column=image_column,
-                                label_column=label_column, cache_dir=cache_dir,
-                                description=f"Robustness of {model_name}", progress=progress)
+    judges = {False: classifier, **({True: reference} if reference is not None else {})}
+    with frozen_eval(*(judge.model for judge in judges.values())):
+        records = _predict(judges, dataset, processor, attack_list, () if released else corruption_names,
+                           severity_list, batch_size=batch_size, seed=seed, image_column=image_column,
+                           label_column=label_column, cache_dir=cache_dir, workers=corruption_workers,
+                           description=f"Robustness of {model_name}", progress=progress)
+        if released is not None:
+            records.update(_predict_released(judges, released, label_map, processor, corruption_names, severity_list,
+                                             batch_size=batch_size, workers=corruption_workers, num_labels=num_labels,
+                                             progress=progress))
         ood_results = {name: _evaluate_ood(classifier, processor, name, source, batch_size, progress)
                        for name, source in ood_sources.items()}
 
-    errors = _errors(counts, corruption_names, severity_list)
-    reference_report = None
-    if reference is not None:
-        baseline: Mapping[str, Any] = _errors(counts, corruption_names, severity_list, reference=True)
-        baseline_name: str | None = "reference"
-        reference_report = {"model": reference_name,
-                            "clean_accuracy": _accuracy(counts[_Metric("clean", reference=True)]),
-                            "corruptions": _accuracies(counts, corruption_names, severity_list, reference=True)}
-    elif num_labels == 1000:
-        baseline, baseline_name = ALEXNET_ERRORS, "alexnet"
-    else:
-        baseline, baseline_name = {}, None
-    corruption_errors, mce = mean_corruption_error(errors, baseline)
+    clean_predictions = records[_CLEAN][0]
+    attack_results = {}
+    for attack in attack_list:
+        predictions, labels = records[_Metric("attack", attack.name)]
+        robust = load_metric("robust_accuracy").compute(predictions=predictions, references=labels,
+                                                       clean_predictions=clean_predictions)
+        attack_results[attack.name] = {"column": attack.column, "accuracy": 100.0 * robust["robust_accuracy"],
+                                       "attack_success_rate": 100.0 * robust["attack_success_rate"],
+                                       **attack.threat_model(), "config": attack.config()}
+    corruption = _corruption_summary(records, corruption_names, severity_list, released, num_labels,
+                                     reference is not None)
     return RobustnessReport(
         model=model_name,
         dataset=dataset_name or dataset.info.dataset_name or "dataset",
-        num_samples=counts[_CLEAN][1],
-        clean_accuracy=_accuracy(counts[_CLEAN]),
-        attacks={a.name: {"column": a.column, "accuracy": _accuracy(counts[_Metric("attack", a.name)]),
-                          "config": a.config()} for a in attack_list},
-        corruptions=_accuracies(counts, corruption_names, severity_list),
-        corruption_errors=corruption_errors,
-        mce=mce,
-        mce_baseline=baseline_name if mce is not None else None,
-        mce_official=mce is not None and is_official_mce(errors),
-        reference=reference_report,
+        num_samples=len(clean_predictions),
+        clean_accuracy=_accuracy(records, _CLEAN),
+        attacks=attack_results,
+        corruptions=corruption["accuracies"],
+        corruption_errors=corruption["corruption_errors"],
+        mce=corruption["mce"],
+        mce_baseline=corruption["baseline"],
+        mce_official=corruption["official"],
+        relative_mce=corruption["relative_mce"],
+        corruption_source=_source(released, corruption_names, records, severity_list, probe.shape[-2:]),
+        preprocessing=_preprocessing(processor, classifier.transform, probe.shape[-2:]),
+        reference=None if reference is None else {
+            "model": reference_name, "clean_accuracy": _accuracy(records, _Metric("clean", reference=True)),
+            "corruptions": corruption["reference_accuracies"]},
         ood=ood_results,
         settings={"seed": seed, "batch_size": batch_size, "severities": list(severity_list),
-                  "num_processes": state.num_processes},
+                  "num_processes": state.num_processes, "corruption_workers": corruption_workers},
     )
 
 
-def _count_correct(classifier: PixelSpaceClassifier, reference: PixelSpaceClassifier | None, dataset: Dataset,
-                   processor: Any, attacks: Sequence[Attack], corruptions: Sequence[str], severities: Sequence[int], *,
-                   batch_size: int, seed: int, image_column: str, label_column: str,
-                   cache_dir: str | os.PathLike | None, description: str,
-                   progress: bool) -> dict[_Metric, tuple[int, int]]:
-    """One pass over this process's share of ``dataset``: (correct, total) per metric, summed over processes."""
-    classifiers = {False: classifier, **({True: reference} if reference is not None else {})}
+def _predict(judges: Mapping[bool, PixelSpaceClassifier], dataset: Dataset, processor: Any, attacks: Sequence[Attack],
+             corruptions: Sequence[str], severities: Sequence[int], *, batch_size: int, seed: int, image_column: str,
+             label_column: str, cache_dir: str | os.PathLike | None, workers: int, description: str,
+             progress: bool) -> dict[_Metric, tuple[np.ndarray, np.ndarray]]:
+    """One pass over this process's share of ``dataset``: clean, attacked and corrupted-on-the-fly predictions of
+    the model (``judges[False]``) and of the reference (``judges[True]``), gathered over processes."""
+    classifier = judges[False]
     corrupted = [_Metric("corruption", c, s) for c in corruptions for s in severities]
     metrics = [_CLEAN, *(_Metric("attack", a.name) for a in attacks), *corrupted]
-    if reference is not None:
+    if True in judges:
         metrics += [replace(metric, reference=True) for metric in (_CLEAN, *corrupted)]
-    tally = _Tally(metrics, PartialState().device)
-    corrupted_sets = CorruptedSets(cache_dir, seed)
+    records = _Predictions(metrics)
     device = classifier.device
-    for ids, pixels, labels in _batches(dataset, _shard(len(dataset)), batch_size, image_column, label_column,
-                                        processor, device, description, progress):
-        for is_reference, judge in classifiers.items():
-            tally.add(_Metric("clean", reference=is_reference), judge.predict(pixels) == labels)
+    batches = _chunks(_shard(len(dataset)), batch_size)
+    jobs = [(ids, corruption) for ids in batches for corruption in corruptions]
+    stream = prefetched(CorruptOnTheFly(dataset, processor, image_column, tuple(severities),
+                                        CorruptedSets(cache_dir, seed)), jobs, workers)
+    for ids in _progress(batches, len(batches), description, progress):
+        rows = dataset[ids]
+        pixels = images_to_pixels(processor, rows[image_column]).to(device)
+        labels = torch.as_tensor(rows[label_column], device=device)
+        for is_reference, judge in judges.items():
+            records.add(_Metric("clean", reference=is_reference), judge.predict(pixels), labels)
         for attack in attacks:
             with _seeded(seed * 1_000_003 + ids[0], device):
                 adversarial = attack.perturb(classifier, pixels, labels)
-            tally.add(_Metric("attack", attack.name), classifier.predict(adversarial) == labels)
+            records.add(_Metric("attack", attack.name), classifier.predict(adversarial), labels)
         for corruption in corruptions:
-            for severity in severities:
-                images = corrupted_sets.get(pixels, corruption, severity, ids)
-                for is_reference, judge in classifiers.items():
-                    tally.add(_Metric("corruption", corruption, severity, is_reference),
-                              judge.predict(images) == labels)
-    return tally.totals()
+            for severity, images in zip(severities, next(stream), strict=True):
+                images = from_8bit(images).to(device)
+                for is_reference, judge in judges.items():
+                    records.add(_Metric("corruption", corruption, severity, is_reference), judge.predict(images),
+                                labels)
+    return records.gathered()
 
 
-def _accuracies(counts: Mapping[_Metric, tuple[int, int]], corruptions: Sequence[str], severities: Sequence[int],
-                *, reference: bool = False) -> dict[str, dict[int, float]]:
-    """Accuracy (in %) per corruption and severity, of the model or of the reference."""
-    return {c: {s: _accuracy(counts[_Metric("corruption", c, s, reference)]) for s in severities}
-            for c in corruptions}
+def _predict_released(judges: Mapping[bool, PixelSpaceClassifier], corruption_set: CorruptionSet,
+                      label_map: np.ndarray | None, processor: Any, corruptions: Sequence[str],
+                      severities: Sequence[int], *, batch_size: int, workers: int, num_labels: int,
+                      progress: bool) -> dict[_Metric, tuple[np.ndarray, np.ndarray]]:
+    """Predictions of the model and the reference on a released set's images, gathered over processes."""
+    records = _Predictions([_Metric("corruption", c, s, r) for c in corruptions for s in severities for r in judges])
+    jobs, job_labels = [], []
+    for corruption in corruptions:
+        for severity in severities:
+            labels = corruption_set.labels(corruption, severity)
+            labels = labels if label_map is None else label_map[labels]
+            _check_labels(labels.tolist(), num_labels,
+                          f"{corruption_set.describe()} ({corruption}, severity {severity})")
+            for chunk in _chunks(_shard(len(labels)), batch_size):
+                jobs.append((corruption, severity, chunk))
+                job_labels.append(torch.as_tensor(labels[chunk]))
+    device = judges[False].device
+    stream = prefetched(LoadReleased(corruption_set, processor), jobs, workers)
+    for (corruption, severity, _), labels, images in _progress(zip(jobs, job_labels, stream), len(jobs),
+                                                              corruption_set.describe(), progress):
+        images, labels = from_8bit(images).to(device), labels.to(device)
+        for is_reference, judge in judges.items():
+            records.add(_Metric("corruption", corruption, severity, is_reference), judge.predict(images), labels)
+    return records.gathered()
 
 
-def _errors(counts: Mapping[_Metric, tuple[int, int]], corruptions: Sequence[str], severities: Sequence[int],
-            *, reference: bool = False) -> dict[str, dict[int, float]]:
-    """Top-1 error (a fraction) per corruption and severity, of the model or of the reference."""
-    return {c: {s: 1 - _fraction(counts[_Metric("corruption", c, s, reference)]) for s in severities}
-            for c in corruptions}
+def _corruption_result(records: Mapping[_Metric, tuple[np.ndarray, np.ndarray]], corruptions: Sequence[str],
+                       severities: Sequence[int], reference: bool, baseline: Any) -> dict[str, Any]:
+    """The ``corruption_error`` module on the model's (or the reference's) corrupted predictions."""
+    metrics = [_Metric("corruption", c, s, reference) for c in corruptions for s in severities]
+    return load_metric("corruption_error").compute(
+        predictions=np.concatenate([records[m][0] for m in metrics]),
+        references=np.concatenate([records[m][1] for m in metrics]),
+        corruptions=[m.name for m in metrics for _ in records[m][0]],
+        severities=np.concatenate([np.full(len(records[m][0]), m.severity) for m in metrics]),
+        baseline=baseline)
+
+
+def _percent(accuracy: Mapping[str, Mapping[int, float]]) -> dict[str, dict[int, float]]:
+    return {name: {int(s): 100.0 * value for s, value in by_severity.items()} for name, by_severity in accuracy.items()}
+
+
+def _corruption_summary(records: Mapping[_Metric, tuple[np.ndarray, np.ndarray]], corruptions: Sequence[str],
+                        severities: Sequence[int], released: CorruptionSet | None, num_labels: int,
+                        with_reference: bool) -> dict[str, Any]:
+    """Accuracies, CE_c, mCE (and its baseline) and relative mCE of the corrupted predictions.
+
+    AlexNet normalises the mCE when the source is the released ImageNet-C (its folder, or a ``datasets`` copy
+    read by a 1,000-class model) with all 15 corruptions at all 5 severities; otherwise the reference model
+    does, when there is one. The CE relative to the reference is reported in either case.
+    """
+    empty = {"accuracies": {}, "corruption_errors": {}, "mce": None, "baseline": None, "official": False,
+             "relative_mce": None, "reference_accuracies": {}}
+    if not corruptions:
+        return empty
+    reference = _corruption_result(records, corruptions, severities, True, None) if with_reference else None
+    imagenet_c = released is not None and (released.kind == "imagenet-c"
+                                           or (released.kind == "datasets" and num_labels == 1000))
+    full = set(IMAGENET_C_CORRUPTIONS) <= set(corruptions) and set(severities) == set(SEVERITIES)
+    if imagenet_c and full:
+        baseline, name = "alexnet", "alexnet"
+    elif reference is not None:
+        baseline, name = reference["errors"], "reference"
+    else:
+        baseline, name = None, None
+    result = _corruption_result(records, corruptions, severities, False, baseline)
+    relative = result["relative_mce"]
+    if name == "alexnet" and reference is not None:
+        relative = _corruption_result(records, corruptions, severities, False, reference["errors"])["relative_mce"]
+    return {"accuracies": _percent(result["accuracy"]), "corruption_errors": result["corruption_errors"],
+            "mce": result["mce"], "baseline": name if result["mce"] is not None else None,
+            "official": result["mce"] is not None and result["official"], "relative_mce": relative,
+            "reference_accuracies": _percent(reference["accuracy"]) if reference is not None else {}}
+
+
+def _source(released: CorruptionSet | None, corruptions: Sequence[str],
+            records: Mapping[_Metric, tuple[np.ndarray, np.ndarray]], severities: Sequence[int],
+            size: Sequence[int]) -> dict[str, Any] | None:
+    """Where the corrupted images came from, as the report and the model card name it."""
+    if not corruptions:
+        return None
+    counts = sorted({len(records[_Metric("corruption", c, s)][0]) for c in corruptions for s in severities})
+    if released is not None:
+        return {"kind": released.kind, "name": released.name, "description": released.describe(),
+                "images_per_set": counts}
+    height, width = size
+    return {"kind": "on-the-fly", "name": library_version(), "resolution": [int(height), int(width)],
+            "description": f"on the fly at {height}×{width} px ({library_version()})", "images_per_set": counts}
 
 
 def _evaluate_ood(classifier: PixelSpaceClassifier, processor: Any, name: str, source: Dataset | str,
@@ -317,9 +457,11 @@ def _evaluate_ood(classifier: PixelSpaceClassifier, processor: Any, name: str, s
         raise ValueError(f"The out-of-distribution set {name!r} is empty.")
     image_column, _ = find_columns(dataset, label_column="label")
     metric = _Metric("ood", name)
-    tally = _Tally([metric], PartialState().device)
-    for _, pixels, labels in _batches(dataset, _shard(len(dataset)), batch_size, image_column, "label", processor,
-                                      classifier.device, name, progress):
-        tally.add(metric, classifier.predict(pixels, spec.class_indices) == labels)
-    counts = tally.totals()[metric]
-    return {"column": spec.column, "accuracy": _accuracy(counts), "num_samples": counts[1]}
+    records = _Predictions([metric])
+    batches = _chunks(_shard(len(dataset)), batch_size)
+    for ids in _progress(batches, len(batches), name, progress):
+        rows = dataset[ids]
+        pixels = images_to_pixels(processor, rows[image_column]).to(classifier.device)
+        records.add(metric, classifier.predict(pixels, spec.class_indices), torch.as_tensor(rows["label"]))
+    gathered = records.gathered()
+    return {"column": spec.column, "accuracy": _accuracy(gathered, metric), "num_samples": len(gathered[metric][0])}

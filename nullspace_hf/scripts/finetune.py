@@ -41,7 +41,7 @@ from nullspace_hf.data import (
     find_columns,
     load_image_dataset,
 )
-from nullspace_hf.evaluation import evaluate_robustness
+from nullspace_hf.evaluation import evaluate_robustness, load_metric
 from nullspace_hf.hub import RESULTS_FILE, HubPushError, noise_rounds_table, push_output_dir
 from nullspace_hf.modeling import check_model_source
 from nullspace_hf.parsing import parse_with_config, run_command
@@ -86,6 +86,12 @@ class ScriptArguments:
     eval_attacks: str = field(default="fgsm", metadata={"help": "Comma-separated attacks, or 'none'."})
     eval_corruptions: str = field(default="all", metadata={"help": "Comma-separated corruptions, a group, or 'none'."})
     eval_severities: str = field(default="1,2,3,4,5", metadata={"help": "Comma-separated corruption severities."})
+    eval_corruption_source: str | None = field(
+        default=None, metadata={"help": "A released corruption set to read instead of corrupting on the fly: an "
+                                        "ImageNet-C or CIFAR-10-C folder, or a datasets copy (folder or Hub id) with "
+                                        "corruption and severity columns (max_eval_samples limits each set)."})
+    eval_corruption_workers: int = field(default=0, metadata={"help": "Worker processes that corrupt or read images "
+                                                                      "during the robustness evaluation."})
     eval_batch_size: int = field(default=128, metadata={"help": "Batch size of the robustness evaluation."})
     license: str | None = field(
         default=None, metadata={"help": "License of the fine-tuned model for its card (an SPDX id such as apache-2.0); "
@@ -232,9 +238,9 @@ def _with_lora(model, script_args: ScriptArguments):
 
 
 def accuracy(prediction: EvalPrediction) -> dict[str, float]:
-    """Top-1 accuracy of an evaluation during training (``compute_metrics``)."""
+    """Top-1 accuracy of an evaluation during training (``compute_metrics``), by the package's ``evaluate`` module."""
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    return {"accuracy": float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())}
+    return load_metric("accuracy").compute(predictions=np.argmax(logits, axis=-1), references=prediction.label_ids)
 
 
 def evaluate(model, processor, dataset, script_args: ScriptArguments, training_args: NullspaceConfig, name: str,
@@ -244,6 +250,8 @@ def evaluate(model, processor, dataset, script_args: ScriptArguments, training_a
         model, dataset, image_processor=processor, attacks=_names(script_args.eval_attacks),
         corruptions=_names(script_args.eval_corruptions),
         severities=[int(s) for s in script_args.eval_severities.split(",")],
+        corruption_source=script_args.eval_corruption_source, max_corruption_samples=script_args.max_eval_samples,
+        corruption_workers=script_args.eval_corruption_workers,
         batch_size=script_args.eval_batch_size, seed=training_args.seed, image_column=columns[0],
         label_column=columns[1], cache_dir=os.path.join(training_args.output_dir, "corruption_cache"),
         dataset_name=name,

@@ -1,14 +1,16 @@
-"""Adversarial attacks in [0, 1] pixel space: FGSM, PGD and CW through foolbox, PatchFool written here."""
+"""Adversarial attacks in [0, 1] pixel space: FGSM, PGD and CW through foolbox, AutoAttack through the authors'
+code (pyautoattack), PatchFool written here."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .autoattack import AutoAttack
 from .base import Attack
 from .gradient import FGSM, PGD, CarliniWagnerL2
 from .patchfool import PatchFool
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, PGD, CarliniWagnerL2, PatchFool)}
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (FGSM, PGD, CarliniWagnerL2, PatchFool, AutoAttack)}
 """Attack classes by name; ``ATTACKS[name]()`` has the paper's defaults."""
 
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "cw", "patchfool")
@@ -40,4 +42,5 @@ def resolve_attacks(attacks: Iterable[str | Attack] | str | None) -> list[Attack
     return resolved
 
 
-__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "Attack", "CarliniWagnerL2", "FGSM", "PGD", "PatchFool", "resolve_attacks"]
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "Attack", "AutoAttack", "CarliniWagnerL2", "FGSM", "PGD", "PatchFool",
+           "resolve_attacks"]

@@ -30,6 +30,11 @@ class Attack(ABC):
         """The attack's hyper-parameters, as written into reports."""
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
+    @abstractmethod
+    def threat_model(self) -> dict[str, Any]:
+        """The threat model, as RobustBench's entries state it: ``{"threat_model": "Linf" | "L2" | "patch",
+        "epsilon": the budget in [0, 1] pixel units, or None for an unbounded attack}``."""
+
 
 def check_positive(owner: str, **values: float) -> None:
     """Raise a ``ValueError`` naming ``owner`` and the field for each value that is not > 0."""

@@ -53,6 +53,10 @@ class FGSM(Attack):
         if not self.epsilon >= 0:
             raise ValueError(f"FGSM: epsilon must be >= 0, got {self.epsilon}.")
 
+    def threat_model(self) -> dict[str, Any]:
+        """L∞, ε in [0, 1] pixel units."""
+        return {"threat_model": "Linf", "epsilon": self.epsilon}
+
     def perturb(self, classifier: PixelSpaceClassifier, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One signed-gradient step of size ``epsilon`` (L∞)."""
         return _run_foolbox(_foolbox().attacks.FGSM(), classifier, pixels, labels, self.epsilon)
@@ -86,6 +90,10 @@ class PGD(Attack):
         """The hyper-parameters, with the step size actually used."""
         return {**super().config(), "step_size": self.step_size if self.step_size is not None else self.epsilon / 4}
 
+    def threat_model(self) -> dict[str, Any]:
+        """L∞, ε in [0, 1] pixel units."""
+        return {"threat_model": "Linf", "epsilon": self.epsilon}
+
     def perturb(self, classifier: PixelSpaceClassifier, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``steps`` projected signed-gradient steps inside the L∞ ball of radius ``epsilon``."""
         attack = _foolbox().attacks.LinfPGD(abs_stepsize=self.config()["step_size"], steps=self.steps,
@@ -117,6 +125,10 @@ class CarliniWagnerL2(Attack):
                        binary_search_steps=self.binary_search_steps)
         if self.confidence < 0:
             raise ValueError(f"CW: confidence must be >= 0, got {self.confidence}.")
+
+    def threat_model(self) -> dict[str, Any]:
+        """L2, unbounded: the smallest successful perturbation found."""
+        return {"threat_model": "L2", "epsilon": None}
 
     def perturb(self, classifier: PixelSpaceClassifier, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The minimal-L2 adversarial image found for each sample (unbounded attack)."""

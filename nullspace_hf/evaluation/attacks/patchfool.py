@@ -10,7 +10,7 @@ decayed by 0.95 every 10 steps, maximising the cross-entropy of the true label.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,10 @@ class PatchFool(Attack):
                        learning_rate=self.learning_rate, lr_step_size=self.lr_step_size, lr_gamma=self.lr_gamma)
         if self.attention_layer < 0:
             raise ValueError(f"PatchFool: attention_layer must be >= 0, got {self.attention_layer}.")
+
+    def threat_model(self) -> dict[str, Any]:
+        """``num_patches`` whole patches, their pixels free in [0, 1] (no norm bound)."""
+        return {"threat_model": "patch", "epsilon": None, "num_patches": self.num_patches}
 
     def perturb(self, classifier: PixelSpaceClassifier, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Replace the selected patches of each image by adversarially optimised pixels."""
