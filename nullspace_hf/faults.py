@@ -1,9 +1,9 @@
 """What every trainer of this package does against lost work: ``FaultTolerantMixin``.
 
-- ``train`` holds ``output_dir`` for the whole run (:mod:`~nullspace_hf.lock`), checks before the
-  first step what would otherwise fail at the end (the checkpoint to resume from, an earlier run in
-  ``output_dir``, the Hub id and token of a push, the training data), and removes the folders of
-  saves that were cut short.
+- The constructor checks the Hub id and token of a push (``push_to_hub``) before the Trainer creates
+  the repository; ``train`` holds ``output_dir`` for the whole run (:mod:`~nullspace_hf.lock`), checks
+  before the first step what would otherwise fail later (the checkpoint to resume from, an earlier run
+  in ``output_dir``, the training data), and removes the folders of saves that were cut short.
 - A checkpoint is written under ``tmp-checkpoint-N`` and renamed to ``checkpoint-N`` when complete;
   older checkpoints are rotated out (``save_total_limit``) only after that, so a kill at any moment
   leaves the previous checkpoint usable.
@@ -52,6 +52,9 @@ class FaultTolerantMixin:
     _staging_run_dir: str | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        config = kwargs.get("args")
+        if config is not None and config.push_to_hub:  # before Trainer.__init__ creates the Hub repository
+            check_push_settings(config.hub_model_id or Path(config.output_dir).absolute().name, config.hub_token)
         super().__init__(*args, **kwargs)
         self.preemption = PreemptionCallback(self._any_process)
         self.add_callback(self.preemption)
@@ -72,16 +75,14 @@ class FaultTolerantMixin:
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> Any:
         """``Trainer.train`` holding ``output_dir``, after checking before any work the checkpoint to resume
-        from, the output directory (no earlier run is overwritten without ``overwrite_output_dir``), a push's
-        Hub id and token, and the trainer's own inputs.
+        from, the output directory (no earlier run is overwritten without ``overwrite_output_dir``) and the
+        trainer's own inputs.
 
         Raises:
             Interrupted: a stop signal came; the message names the checkpoint saved after the step under way.
         """
         args = self.args
         with hold_output_dir(args.output_dir), handle_stop_signals():
-            if args.push_to_hub:
-                check_push_settings(args.hub_model_id or Path(args.output_dir).absolute().name, args.hub_token)
             checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
             check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resuming=checkpoint is not None)
             self._check_before_training()
