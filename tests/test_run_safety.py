@@ -425,9 +425,15 @@ def test_a_sigterm_to_accelerate_launch_reaches_the_workers(small_data, tmp_path
     workers = _workers_of(launcher)
     assert workers and launcher.poll() is None
     launcher.send_signal(signal.SIGTERM)
-    _, stderr = launcher.communicate(timeout=120)  # returns when every writer of the pipe (the workers) is gone
-    psutil.wait_procs(workers, timeout=60)
-    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    try:
+        _, stderr = launcher.communicate(timeout=120)  # returns when every writer of the pipe (the workers) is gone
+        psutil.wait_procs(workers, timeout=60)
+        assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    finally:  # a worker that missed the signal would train on alone
+        for worker in workers:
+            if worker.is_running():
+                worker.kill()
+        launcher.kill()
     assert launcher.returncode != 0
     assert "finetune: stopped by SIGTERM: training stopped after step" in stderr, stderr[-3000:]
     checkpoint = resolve_checkpoint(True, str(output), "none")
