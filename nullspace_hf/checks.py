@@ -27,7 +27,7 @@ WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the 
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
                 errno.EPERM: "permission denied", errno.EIO: "an input/output error", errno.EFBIG: "the file is too large"}
 # what torch.save (its zip writer) and safetensors say when a write fails, without an errno
-WRITE_FAILURE_TEXTS = ("inline_container", "unexpected pos", "file write failed", "IoError", "os error")
+WRITE_FAILURE_TEXTS = ("inline_container", "unexpected pos", "file write failed", "IoError")
 LOW_SPACE = 1 << 20  # bytes: less than this free after a failed write means the disk is full
 
 

@@ -82,6 +82,7 @@ class FaultTolerantMixin:
             Interrupted: a stop signal came; the message names the checkpoint saved after the step under way.
         """
         args = self.args
+        self.preemption.stopped_at = None
         with hold_output_dir(args.output_dir), handle_stop_signals():
             checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
             check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resuming=checkpoint is not None)

@@ -9,6 +9,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .checkpoint import STAGING_PREFIX
+from .lock import HOLDER_FILE, LOCK_FILE
+
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 RESULTS_FILE = "results.json"
 # The card lists every field its config class adds to TrainingArguments, and these of TrainingArguments.
@@ -48,7 +51,7 @@ PAPER_CITATION = """@article{liu2024approximate,
   journal={arXiv preprint},
   year={2024}
 }"""
-PUSH_EXCLUDE = ("checkpoint-*/*", "tmp-checkpoint-*/*", "corruption_cache/*", "_run.lock", "_run.holder.json")
+PUSH_EXCLUDE = ("checkpoint-*/*", f"{STAGING_PREFIX}checkpoint-*/*", "corruption_cache/*", LOCK_FILE, HOLDER_FILE)
 SUMMARY_METRICS = {"clean": "Clean accuracy", "fgsm": "FGSM accuracy", "corruption": "Mean corruption accuracy"}
 
 

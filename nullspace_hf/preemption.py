@@ -108,17 +108,19 @@ class PreemptionCallback(TrainerCallback):
         return control
 
 
-def launched() -> bool:
-    """True in a process started by ``accelerate launch`` or torchrun."""
-    return "ACCELERATE_MIXED_PRECISION" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+def launched_alone() -> bool:
+    """True in a process started by ``accelerate launch`` without torch's elastic agent (one process), whose
+    launcher passes no signal on."""
+    return "ACCELERATE_MIXED_PRECISION" in os.environ and "TORCHELASTIC_RUN_ID" not in os.environ
 
 
 def follow_launcher() -> None:
-    """In a job started by a launcher, get SIGTERM when the launcher ends (Linux ``PR_SET_PDEATHSIG``).
+    """In a job started by ``accelerate launch`` with one process, get SIGTERM when the launcher ends (Linux
+    ``PR_SET_PDEATHSIG``); the elastic agent of ``--multi_gpu`` passes signals on itself.
 
     Elsewhere (no launcher, or no ``prctl``) it does nothing.
     """
-    if not launched() or not hasattr(os, "getppid"):
+    if not launched_alone():
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -361,16 +361,27 @@ def test_a_stop_signal_saves_the_step_and_resuming_reproduces_the_run(rows, stra
     _assert_same_run(straight, resumed)
 
 
-def test_the_adversarial_trainer_stops_at_sigterm_with_a_checkpoint(rows, tmp_path):
-    output = tmp_path / "adv"
+def _adversarial(output: Path, rows) -> AdversarialTrainer:
     args = AdversarialConfig(output_dir=str(output), max_steps=6, per_device_train_batch_size=16, report_to="none",
-                             use_cpu=True, adversarial_steps=1, save_strategy="no", disable_tqdm=True)
-    trainer = AdversarialTrainer(model=make_tiny_model(**MODEL), args=args, train_dataset=rows,
-                                 processing_class=ViTImageProcessor(size={"height": 16, "width": 16}))
-    trainer.add_callback(_SignalAt(1, signal.SIGTERM))
-    with pytest.raises(Interrupted, match="after step 2 of 6"):
-        trainer.train()
-    assert (output / "checkpoint-2" / "trainer_state.json").is_file()
+                             use_cpu=True, adversarial_steps=2, learning_rate=2e-3, save_strategy="no", seed=0,
+                             disable_tqdm=True)
+    return AdversarialTrainer(model=make_tiny_model(**MODEL), args=args, train_dataset=rows,
+                              processing_class=ViTImageProcessor(size={"height": 16, "width": 16}))
+
+
+def test_the_adversarial_trainer_stops_at_sigterm_and_resumes_to_the_same_weights(rows, tmp_path):
+    straight_run = _adversarial(tmp_path / "straight", rows)
+    straight_run.train()
+    first = _adversarial(tmp_path / "adv", rows)
+    first.add_callback(_SignalAt(2, signal.SIGTERM))
+    with pytest.raises(Interrupted, match="after step 3 of 6"):
+        first.train()
+    assert (tmp_path / "adv" / "checkpoint-3" / "trainer_state.json").is_file()
+    resumed = _adversarial(tmp_path / "adv", rows)
+    resumed.train(resume_from_checkpoint=True)  # the PGD starts are random: the RNG state is restored too
+    expected, found = _weights(straight_run.model), _weights(resumed.model)
+    for name in expected:
+        torch.testing.assert_close(expected[name], found[name], atol=ATOL, rtol=0, msg=name)
 
 
 def test_a_sigterm_in_the_recipe_is_one_line_and_the_job_resumes(recipe, small_data, tmp_path, capsys, monkeypatch):
