@@ -13,7 +13,7 @@ from .applications import (
     targeted_image,
 )
 from .adversarial import AdversarialConfig, AdversarialTrainer
-from .config import NullspaceConfig
+from .config import BaseConfig, NullspaceConfig
 from .evaluation import RobustnessReport, evaluate_robustness
 from .nullspace import PatchNullspace, patch_embedding_nullspace
 from .noise import NoiseInjector, NoiseResult, noise_influence, random_noise, synthesize_noise
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdversarialConfig",
     "AdversarialTrainer",
+    "BaseConfig",
     "FingerprintMatch",
     "NullspaceFingerprint",
     "TargetedResult",

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer
 
+from .config import BaseConfig
+from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
 from .modeling import float_logits, frozen_eval
 from .pixels import InputBox, PixelTransform
@@ -27,8 +29,27 @@ ADVERSARIAL_METHODS = ("madry", "trades")
 
 
 @dataclass
-class AdversarialConfig(TrainingArguments):
-    """Training arguments of :class:`AdversarialTrainer`: ``TrainingArguments`` plus the PGD settings."""
+class AdversarialConfig(BaseConfig):
+    """Training arguments of :class:`AdversarialTrainer`: ``TrainingArguments``, :class:`~nullspace_hf.config.BaseConfig`
+    (finite settings, no token in ``training_args.bin``, ``overwrite_output_dir``) and the PGD settings.
+
+    Parameters:
+        > The attack that makes the training examples
+
+        adversarial_method (`str`, defaults to `"madry"`):
+            ``"madry"``: CE on PGD examples only; ``"trades"``: CE(clean) + β·KL(clean ‖ adversarial).
+        adversarial_epsilon (`float`, defaults to `1/255`):
+            L∞ radius of the perturbation in [0, 1] pixel units.
+        adversarial_steps (`int`, defaults to `10`):
+            PGD steps per training batch.
+        adversarial_step_size (`float` or `None`, defaults to `None`):
+            PGD step in pixel units; ``None``: 2.5·ε / steps (Madry et al.).
+
+        > TRADES
+
+        trades_beta (`float`, defaults to `6.0`):
+            β, the weight of the KL term.
+    """
 
     adversarial_method: str = field(
         default="madry",
@@ -45,8 +66,8 @@ class AdversarialConfig(TrainingArguments):
     )
     trades_beta: float = field(default=6.0, metadata={"help": "beta of TRADES (weight of the KL term)."})
 
-    def __post_init__(self) -> None:
-        problems = []
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
         if self.adversarial_method not in ADVERSARIAL_METHODS:
             problems.append(f"adversarial_method={self.adversarial_method!r} is not one of "
                             f"{', '.join(ADVERSARIAL_METHODS)}")
@@ -58,9 +79,7 @@ class AdversarialConfig(TrainingArguments):
             problems.append(f"adversarial_step_size must be > 0, got {self.adversarial_step_size!r}")
         if self.trades_beta < 0:
             problems.append(f"trades_beta must be >= 0, got {self.trades_beta!r}")
-        if problems:
-            raise ValueError("Invalid AdversarialConfig: " + "; ".join(problems) + ".")
-        super().__post_init__()
+        return problems
 
     @property
     def pgd_step_size(self) -> float:
@@ -146,7 +165,7 @@ def trades_loss(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tens
     return F.cross_entropy(logits, labels) + beta * robust, logits
 
 
-class AdversarialTrainer(ModelCardMixin, Trainer):
+class AdversarialTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
     """A ``transformers.Trainer`` for PGD adversarial fine-tuning (Madry or TRADES), the baselines of Table 3.
 
     The attack needs to know what one pixel is in the model's input: pass the image processor as

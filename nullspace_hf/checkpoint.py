@@ -1,27 +1,95 @@
-"""The noise state a ``NullspaceTrainer`` checkpoint holds beside the weights, and its validation before resume.
+"""Checkpoints: which are complete, how one becomes visible, the noise state beside the weights, and their
+validation before resume.
 
-A checkpoint (and the final ``output_dir``) holds ``nullspace_noise.safetensors`` (the current
-round's noise), ``noise_history.json`` (every round's statistics and the current round's index) and,
-with EMA on, ``ema.safetensors``. :func:`resolve_checkpoint` reads them all before any work, so a
-missing or broken file is one clear error instead of a run that continues without its noise.
+A checkpoint is written as ``tmp-checkpoint-N/checkpoint-N`` and renamed to ``checkpoint-N`` once every
+file is in it (:func:`publish_checkpoint`), so a ``checkpoint-N`` folder is complete unless something
+other than this package wrote it; :func:`incomplete_reason` checks anyway. A ``NullspaceTrainer``
+checkpoint (and the final ``output_dir``) holds ``nullspace_noise.safetensors`` (the current round's
+noise), ``noise_history.json`` (every round's statistics and the current round's index) and, with EMA
+on, ``ema.safetensors``. :func:`resolve_checkpoint` reads them all before any work, so a missing or
+broken file is one clear error instead of a run that continues without its noise.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from transformers.utils import logging
 
 from .checks import WEIGHT_FILES, non_finite_tensors
 
 NOISE_FILE = "nullspace_noise.safetensors"
 HISTORY_FILE = "noise_history.json"
 EMA_FILE = "ema.safetensors"
+TRAINER_STATE = "trainer_state.json"
+STAGING_PREFIX = "tmp-"  # transformers' checkpoint patterns (``checkpoint-N``) never match a staged save
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+logger = logging.get_logger(__name__)
+
+
+def incomplete_reason(checkpoint: str) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (no weights, no or broken trainer state); ``None`` if it can."""
+    if not any(os.path.isfile(os.path.join(checkpoint, name)) for name in WEIGHT_FILES):
+        return f"no model weights ({WEIGHT_FILES[0]})"
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE), encoding="utf-8") as handle:
+            json.load(handle)["global_step"]
+    except OSError:
+        return f"no {TRAINER_STATE}"
+    except (ValueError, KeyError, TypeError):
+        return f"a broken {TRAINER_STATE}"
+    return None
+
+
+def checkpoints(output_dir: str) -> list[str]:
+    """The ``checkpoint-N`` folders of ``output_dir``, newest (largest N) first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(match.group(1)), name) for name in os.listdir(output_dir)
+             if (match := CHECKPOINT_NAME.match(name)) and os.path.isdir(os.path.join(output_dir, name))]
+    return [os.path.join(output_dir, name) for _, name in sorted(found, reverse=True)]
+
+
+def staged_saves(output_dir: str) -> list[str]:
+    """The ``tmp-checkpoint-N`` folders of ``output_dir``: saves that were cut short (or are under way)."""
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(os.path.join(output_dir, name) for name in os.listdir(output_dir)
+                  if name.startswith(STAGING_PREFIX) and CHECKPOINT_NAME.match(name[len(STAGING_PREFIX):]))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` of ``output_dir`` that can be resumed from."""
+    return next((path for path in checkpoints(output_dir) if incomplete_reason(path) is None), None)
+
+
+def publish_checkpoint(staged: str, final: str) -> None:
+    """Make the complete checkpoint ``staged`` visible as ``final`` with one rename (an older ``final`` is
+    replaced; a kill at any moment leaves either of them, complete, under the name ``final`` or none)."""
+    if os.path.exists(final):
+        previous = os.path.join(os.path.dirname(staged), "replaced")
+        os.replace(final, previous)
+        os.replace(staged, final)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(staged, final)
+    shutil.rmtree(os.path.dirname(staged), ignore_errors=True)
+
+
+def remove_staged_saves(output_dir: str) -> None:
+    """Delete the ``tmp-checkpoint-N`` folders that saves cut short left in ``output_dir`` (and say so)."""
+    for path in staged_saves(output_dir):
+        logger.warning(f"Removing {path}: a checkpoint save that was cut short (it was never complete).")
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -114,34 +182,52 @@ def load_noise_state(checkpoint: str, noise_mode: str, with_ema: bool) -> NoiseS
     return state
 
 
+def _newest_complete(output_dir: str) -> str:
+    """The newest complete ``checkpoint-N`` of ``output_dir``, saying which it is and which were skipped."""
+    skipped = [f"{os.path.basename(path)} (a save cut short)" for path in staged_saves(output_dir)]
+    for path in checkpoints(output_dir):
+        reason = incomplete_reason(path)
+        if reason is None:
+            logger.warning(f"Resuming from {path}, the newest complete checkpoint"
+                           + (f"; skipped the incomplete {', '.join(skipped)}." if skipped else "."))
+            return path
+        skipped.append(f"{os.path.basename(path)} ({reason})")
+    raise ValueError(f"resume_from_checkpoint=true, but {output_dir} holds no checkpoint-* folder to resume from"
+                     + (f" (incomplete: {', '.join(skipped)})" if skipped else "")
+                     + ": give the checkpoint's path, or start without resume_from_checkpoint.")
+
+
 def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str, noise_mode: str,
                        with_ema: bool = False) -> str | None:
     """The checkpoint directory to resume from, checked before any work; ``None`` for a fresh run.
 
-    ``True`` (or ``"true"``) means the latest ``checkpoint-*`` of ``output_dir``, as in ``Trainer.train``.
+    ``True`` (or ``"true"``) means the newest complete ``checkpoint-*`` of ``output_dir``: incomplete ones
+    (a save cut short, by a kill or by a full disk) are skipped, and the choice is logged.
 
     Raises:
-        ValueError: there is no such checkpoint, it holds no weights, or its noise state is broken
-            (:func:`load_noise_state`).
+        ValueError: there is no such checkpoint, it is incomplete or holds no weights, or its noise state is
+            broken (:func:`load_noise_state`).
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     if resume_from_checkpoint in (None, False, "", "false", "False"):
         return None
     if resume_from_checkpoint in (True, "true", "True"):
-        found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if found is None:
-            raise ValueError(f"resume_from_checkpoint=true, but {output_dir} holds no checkpoint-* folder: give the "
-                             "checkpoint's path, or start without resume_from_checkpoint.")
-        resume_from_checkpoint = found
-    path = str(resume_from_checkpoint)
+        path = _newest_complete(output_dir)
+    else:
+        path = str(resume_from_checkpoint)
     if not os.path.isdir(path):
         raise ValueError(f"resume_from_checkpoint={path!r} is not a directory: give a checkpoint-* folder written "
                          "by an earlier run (or true for the latest one in output_dir).")
-    if not any(os.path.isfile(os.path.join(path, name)) for name in WEIGHT_FILES):
+    reason = incomplete_reason(path)
+    name = os.path.basename(os.path.normpath(path))
+    if reason is not None and (CHECKPOINT_NAME.match(name) or name.startswith(STAGING_PREFIX)):
+        newest = last_complete_checkpoint(os.path.dirname(os.path.normpath(path)))
+        raise ValueError(f"{path} is an incomplete checkpoint ({reason}: its save was cut short); resume from "
+                         + (f"{newest}, the newest complete one" if newest else "an earlier run's checkpoint")
+                         + ", or pass resume_from_checkpoint=true to take the newest complete one.")
+    if reason is not None and reason.startswith("no model weights"):
         raise ValueError(f"{path} holds no model weights ({WEIGHT_FILES[0]}): it is not a training checkpoint.")
-    if not os.path.isfile(os.path.join(path, "trainer_state.json")):
-        raise ValueError(f"{path} has no trainer_state.json: it is a saved model, not a training checkpoint; "
+    if reason is not None:
+        raise ValueError(f"{path} has {reason}: it is a saved model, not a training checkpoint; "
                          "fine-tune from it with model_name_or_path instead.")
     load_noise_state(path, noise_mode, with_ema)
     return path

@@ -6,7 +6,10 @@ during training (weights, noise and loss stay finite, so no NaN model is ever sa
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import tempfile
 from glob import escape, glob
 
@@ -19,8 +22,54 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 RUN_FILES = (*WEIGHT_FILES, "trainer_state.json", "results.json", "training_args.bin")
 
 
+# errno of a failed write, in words for the one-line error
+WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied", errno.EIO: "an input/output error", errno.EFBIG: "the file is too large"}
+# what torch.save (its zip writer) and safetensors say when a write fails, without an errno
+WRITE_FAILURE_TEXTS = ("inline_container", "unexpected pos", "file write failed", "IoError")
+LOW_SPACE = 1 << 20  # bytes: less than this free after a failed write means the disk is full
+
+
 class NonFiniteError(ValueError):
     """A loss, noise or weight is nan or inf; nothing non-finite was saved."""
+
+
+class SaveError(RuntimeError):
+    """A checkpoint or model could not be written (disk full, read-only, quota); nothing earlier was removed."""
+
+
+def _free_bytes(path: str) -> int | None:
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path or ".").free
+    except OSError:
+        return None
+
+
+def write_failure(error: BaseException, path: str) -> str | None:
+    """The cause of a failed write into ``path`` in words, or ``None`` when ``error`` is not a failed write.
+
+    torch's zip writer reports a full disk as ``[enforce fail at inline_container.cc] unexpected pos``,
+    safetensors as an ``IoError``: the free space left on ``path``'s device tells a full disk apart.
+    """
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    codes = [e.errno for e in chain if isinstance(e, OSError)]
+    codes += [int(code) for e in chain for code in re.findall(r"code: (\d+)", str(e))]  # safetensors' IoError
+    known = next((WRITE_ERRORS[code] for code in codes if code in WRITE_ERRORS), None)
+    if known is None and not any(isinstance(e, OSError) or any(text in str(e) for text in WRITE_FAILURE_TEXTS)
+                                 for e in chain):
+        return None
+    free = _free_bytes(path)
+    if known is None and free is not None and free < LOW_SPACE:
+        known = WRITE_ERRORS[errno.ENOSPC]
+    if known is None:
+        known = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return known + (f" ({free / 2**20:.1f} MiB free there)" if free is not None else "")
 
 
 def non_finite_tensors(named_tensors: dict[str, torch.Tensor]) -> list[str]:

@@ -1,4 +1,4 @@
-"""``NullspaceConfig``: ``TrainingArguments`` plus the settings of Algorithm 1."""
+"""The trainers' configs: ``BaseConfig`` (what every config of this package shares) and ``NullspaceConfig``."""
 
 from __future__ import annotations
 
@@ -26,11 +26,102 @@ def launched_without_accelerator() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
+HUB_ID_RULE = ("'name' or 'user/name' of letters, digits, '-', '_' and '.', neither starting nor ending with '-' or "
+               "'.', at most 96 characters")
+
+
+def valid_hub_id(repo_id: str) -> bool:
+    """Whether ``repo_id`` can name a Hub repository (``huggingface_hub.utils.validate_repo_id``)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return False
+    return True
+
+
 @dataclass
-class NullspaceConfig(TrainingArguments):
+class BaseConfig(TrainingArguments):
+    """``TrainingArguments`` with what every trainer of this package needs (as TRL's configs share one base).
+
+    Its settings are checked when it is built, so that nothing fails after the work is done; the
+    trainers built on it (``NullspaceTrainer``, ``AdversarialTrainer``) share the fault handling of
+    :class:`~nullspace_hf.faults.FaultTolerantMixin`.
+
+    Parameters:
+        > What the base adds to ``TrainingArguments``
+
+        overwrite_output_dir (`bool`, defaults to `False`):
+            Train into an ``output_dir`` that holds an earlier run, replacing it; without it such an
+            ``output_dir`` is refused unless ``resume_from_checkpoint`` is set.
+
+        > What it checks and changes
+
+        - every float setting its subclass adds (and ``learning_rate``) is finite, ``max_steps`` is not 0,
+          ``hub_model_id`` is a valid Hub id;
+        - ``training_args.bin`` (the pickled config, written into every checkpoint and the model and
+          pushed with them) holds no ``*_token`` field: the live object keeps ``hub_token``, a loaded
+          copy has ``None``;
+        - several processes launched together on a machine without accelerator run as one CPU job
+          (``use_cpu``), and no memory is pinned without a device.
+    """
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an output_dir that holds an earlier run (its checkpoints, model, results), "
+                          "replacing it. Without it such an output_dir is refused unless resume_from_checkpoint is set."},
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickled state (``training_args.bin``) without secrets: every ``*_token`` field is left out.
+
+        ``Trainer`` saves its arguments with ``torch.save`` into every checkpoint and the final model,
+        which ``push_to_hub`` uploads; transformers pickles ``hub_token`` in clear. The loaded copy has
+        ``hub_token=None`` (the Hub login or ``HF_TOKEN`` still applies).
+        """
+        return {key: None if key.endswith("_token") else value for key, value in self.__dict__.items()}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> BaseConfig:
+        """A deep copy in memory keeps the token (only pickles leave it out)."""
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+    def _problems(self) -> list[str]:
+        """What is wrong with the settings, one phrase each; subclasses add theirs to this list."""
+        problems = []
+        inherited = {f.name for f in fields(TrainingArguments)}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if (f.name not in inherited or f.name == "learning_rate") and isinstance(value, float) \
+                    and not math.isfinite(value):
+                problems.append(f"{f.name} must be a finite number, got {value!r}")
+        if self.max_steps == 0:
+            problems.append("max_steps=0 trains nothing: give a number of optimizer steps, or -1 to train for "
+                            "num_train_epochs")
+        if self.hub_model_id is not None and not valid_hub_id(self.hub_model_id):
+            problems.append(f"hub_model_id={self.hub_model_id!r} is not a valid Hub repository id: give {HUB_ID_RULE}")
+        return problems
+
+    def __post_init__(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems) + ".")
+        if not self.use_cpu and launched_without_accelerator():
+            self.use_cpu = True  # a real multi-process CPU run instead of the whole job once per process
+        if self.use_cpu or not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # no device memory to pin for: torch warns on every DataLoader
+        super().__post_init__()
+
+
+@dataclass
+class NullspaceConfig(BaseConfig):
     """Training arguments of :class:`~nullspace_hf.NullspaceTrainer`.
 
-    Every ``transformers.TrainingArguments`` field is accepted; the fields below configure the noise
+    Every ``transformers.TrainingArguments`` and :class:`BaseConfig` field is accepted; the fields below configure the noise
     synthesis and the augmented loss of Algorithm 1 (paper App. C). Defaults are the paper's except
     the synthesis schedule, chosen by ``benchmarks/matrix.py`` on six models (docs/benchmarks.md):
     round 0 searches from U(−1, 1) for at most 200 gradient steps; every later round starts from the
@@ -186,39 +277,9 @@ class NullspaceConfig(TrainingArguments):
     mixup_switch_prob: float = field(
         default=0.5, metadata={"help": "Share of the mixed batches that use cutmix instead of mixup (the authors: 0.5)."}
     )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Train into an output_dir that holds an earlier run (its checkpoints, model, results), "
-                          "replacing it. Without it such an output_dir is refused unless resume_from_checkpoint is set."},
-    )
 
-    def __getstate__(self) -> dict[str, Any]:
-        """The pickled state (``training_args.bin``) without secrets: every ``*_token`` field is left out.
-
-        ``Trainer`` saves its arguments with ``torch.save`` into every checkpoint and the final model,
-        which ``push_to_hub`` uploads; transformers pickles ``hub_token`` in clear. The loaded copy has
-        ``hub_token=None`` (the Hub login or ``HF_TOKEN`` still applies).
-        """
-        return {key: None if key.endswith("_token") else value for key, value in self.__dict__.items()}
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> NullspaceConfig:
-        """A deep copy in memory keeps the token (only pickles leave it out)."""
-        clone = object.__new__(type(self))
-        memo[id(self)] = clone
-        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
-        return clone
-
-    def __post_init__(self) -> None:
-        problems = []
-        inherited = {f.name for f in fields(TrainingArguments)}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if (f.name not in inherited or f.name == "learning_rate") and isinstance(value, float) \
-                    and not math.isfinite(value):
-                problems.append(f"{f.name} must be a finite number, got {value!r}")
-        if self.max_steps == 0:
-            problems.append("max_steps=0 trains nothing: give a number of optimizer steps, or -1 to train for "
-                            "num_train_epochs")
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
         if self.noise_mode not in NOISE_MODES:
             problems.append(f"noise_mode={self.noise_mode!r} is not one of {', '.join(NOISE_MODES)}")
         if self.noise_loss not in NOISE_LOSSES:
@@ -247,10 +308,4 @@ class NullspaceConfig(TrainingArguments):
             problems.append(f"rand_augment_magnitude must be in (0, 10), got {self.rand_augment_magnitude!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             problems.append(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
-        if problems:
-            raise ValueError("Invalid NullspaceConfig: " + "; ".join(problems) + ".")
-        if not self.use_cpu and launched_without_accelerator():
-            self.use_cpu = True  # a real multi-process CPU run instead of the whole job once per process
-        if self.use_cpu or not torch.accelerator.is_available():
-            self.dataloader_pin_memory = False  # no device memory to pin for: torch warns on every DataLoader
-        super().__post_init__()
+        return problems

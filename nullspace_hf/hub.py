@@ -9,6 +9,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .checkpoint import STAGING_PREFIX
+from .lock import HOLDER_FILE, LOCK_FILE
+
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 RESULTS_FILE = "results.json"
 # The card lists every field its config class adds to TrainingArguments, and these of TrainingArguments.
@@ -19,14 +22,12 @@ FRAMEWORKS = ("nullspace-hf", "transformers", "torch", "accelerate", "datasets")
 
 def hyperparameter_names(config_class: type | None = None) -> tuple[str, ...]:
     """The settings a model card lists: the fields ``config_class`` (default ``NullspaceConfig``) adds to
-    ``TrainingArguments``, then :data:`TRAINING_HYPERPARAMETERS`."""
+    :class:`~nullspace_hf.config.BaseConfig`, then :data:`TRAINING_HYPERPARAMETERS`."""
     from dataclasses import fields
 
-    from transformers import TrainingArguments
+    from .config import BaseConfig, NullspaceConfig
 
-    from .config import NullspaceConfig
-
-    inherited = {f.name for f in fields(TrainingArguments)}
+    inherited = {f.name for f in fields(BaseConfig)}
     added = tuple(f.name for f in fields(config_class or NullspaceConfig) if f.name not in inherited)
     return added + TRAINING_HYPERPARAMETERS
 
@@ -50,7 +51,7 @@ PAPER_CITATION = """@article{liu2024approximate,
   journal={arXiv preprint},
   year={2024}
 }"""
-PUSH_EXCLUDE = ("checkpoint-*/*", "corruption_cache/*")
+PUSH_EXCLUDE = ("checkpoint-*/*", f"{STAGING_PREFIX}checkpoint-*/*", "corruption_cache/*", LOCK_FILE, HOLDER_FILE)
 SUMMARY_METRICS = {"clean": "Clean accuracy", "fgsm": "FGSM accuracy", "autoattack": "AutoAttack robust accuracy",
                    "corruption": "Mean corruption accuracy"}
 
@@ -243,6 +244,27 @@ class ModelCardMixin:
 
 class HubPushError(RuntimeError):
     """The Hub could not be reached or refused a push; the local output is complete."""
+
+
+def check_push_settings(repo_id: str, token: str | None) -> None:
+    """Before any work: a push to ``repo_id`` can happen (a valid Hub id, a token, the Hub not switched off).
+
+    Raises:
+        ValueError: what to change (``--hub_model_id``, the login, ``HF_HUB_OFFLINE``).
+    """
+    from huggingface_hub import constants, get_token
+
+    from .config import HUB_ID_RULE, valid_hub_id
+
+    if not valid_hub_id(repo_id):
+        raise ValueError(f"The model would be pushed to {repo_id!r}, which is not a valid Hub repository id: pass "
+                         f"--hub_model_id (hub_model_id=...) with {HUB_ID_RULE}.")
+    if constants.is_offline_mode():
+        raise ValueError("push_to_hub is set but HF_HUB_OFFLINE=1 switches the Hub off: unset HF_HUB_OFFLINE, or "
+                         "push later with `hf upload`.")
+    if not (token or get_token()):
+        raise ValueError("push_to_hub is set but no Hub token is found: run `hf auth login`, set HF_TOKEN, or pass "
+                         "--hub_token (a token with write access).")
 
 
 def retry_command(output_dir: str, repo_id: str, *, private: bool | None = None, revision: str | None = None) -> str:

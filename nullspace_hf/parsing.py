@@ -48,15 +48,23 @@ def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[An
 
 
 def run_command(prog: str, job: Callable[[], Any], errors: tuple[type[BaseException], ...] = (ValueError,)) -> int:
-    """Run ``job`` and return the exit status: 0, or 2 after one line ``prog: error: ...`` on stderr for ``errors``.
+    """Run ``job`` and return the exit status: 0, or 2 after one line ``prog: error: ...`` on stderr for ``errors``,
+    or 128 + the signal's number after one line ``prog: stopped by SIGTERM: ...`` when a stop signal ended the
+    job (:class:`~nullspace_hf.preemption.Interrupted`).
 
     Under several processes only the main one prints. The process group, if one was opened, is closed on
     the way out: under torchrun an open gloo/NCCL group sometimes aborts the process at exit.
     """
     from accelerate import PartialState
 
+    from .preemption import Interrupted
+
     try:
         job()
+    except Interrupted as stop:
+        if PartialState().is_main_process:
+            print(f"{prog}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except errors as error:
         if PartialState().is_main_process:
             print(f"{prog}: error: {error}", file=sys.stderr)

@@ -27,9 +27,10 @@ from .checkpoint import (
     resolve_checkpoint,
     save_noise_state,
 )
-from .checks import NonFiniteError, check_finite_weights, check_output_dir, check_writable
+from .checks import NonFiniteError, check_finite_weights, check_writable
 from .config import NullspaceConfig
 from .data import check_label_range
+from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
 from .pixels import PixelTransform
@@ -85,7 +86,7 @@ class _StreamLoader(DataLoader):
             yield batch
 
 
-class NullspaceTrainer(ModelCardMixin, Trainer):
+class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
     """A ``transformers.Trainer`` that fine-tunes a ViT on CE(clean) + w·CE(clean + ṽ) (Eq. 6, Algorithm 1).
 
     At step 0 and every ``noise_refresh_steps`` optimizer steps, a new encoder-level noise ṽ of shape
@@ -179,15 +180,13 @@ class NullspaceTrainer(ModelCardMixin, Trainer):
 
     # ---- checks before any work ----
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None, **kwargs: Any) -> Any:
-        """``Trainer.train`` after checking, before any work, the checkpoint to resume from, the output
-        directory (no earlier run is overwritten without ``overwrite_output_dir``) and one training batch."""
-        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir, self.args.noise_mode,
-                                        with_ema=self.ema is not None)
-        check_output_dir(self.args.output_dir, overwrite=self.args.overwrite_output_dir,
-                         resuming=checkpoint is not None)
+    def _resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """The checkpoint to resume from, with its noise state (and EMA) checked before any work."""
+        return resolve_checkpoint(resume_from_checkpoint, self.args.output_dir, self.args.noise_mode,
+                                  with_ema=self.ema is not None)
+
+    def _check_before_training(self) -> None:
         self._check_train_data()
-        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
 
     def _check_train_data(self) -> None:
         """One clear error for a training set that cannot work: empty, labels out of range, a sample that does
@@ -424,14 +423,12 @@ class NullspaceTrainer(ModelCardMixin, Trainer):
         else:
             check_finite_weights(self.model, f"the model to save into {target}", DIVERGED)
             super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            self._save_noise_state(output_dir if output_dir is not None else self.args.output_dir,
-                                   with_ema=_internal_call)
 
     # ---- checkpoint state ----
 
-    def _save_noise_state(self, directory: str, with_ema: bool) -> None:
-        ema = self.ema.shadow if with_ema and self.ema is not None else None
+    def _save_extra_state(self, directory: str, checkpoint: bool) -> None:
+        """The noise state (with the EMA weights in a checkpoint) beside the weights."""
+        ema = self.ema.shadow if checkpoint and self.ema is not None else None
         save_noise_state(directory, NoiseState(self._noise_round, self.noise, self.noise_history, ema),
                          self.args.noise_mode)
 
@@ -443,17 +440,6 @@ class NullspaceTrainer(ModelCardMixin, Trainer):
             self.ema.shadow = {k: v.to(self.args.device) for k, v in state.ema.items()}
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Restore the weights through ``from_pretrained`` and the noise state of a checkpoint.
-
-        transformers 5.24 saves ViT checkpoints under the legacy key names and its own resume path
-        loads them without conversion (restoring no encoder weight, with only a warning); loading
-        through ``from_pretrained`` converts them.
-        """
-        target = self.model if model is None else model
-        if isinstance(target, PreTrainedModel) and not self.is_fsdp_enabled:
-            restored = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
-            target.load_state_dict(restored.state_dict())
-        else:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        """Restore the weights (:class:`~nullspace_hf.faults.FaultTolerantMixin`) and the noise state."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._load_noise_state(resume_from_checkpoint)
-

@@ -256,7 +256,8 @@ def _training_config(spec: RunSpec, args: ReproduceArguments, output_dir: Path) 
     common = {"output_dir": str(output_dir), "max_steps": args.finetune_steps,
               "per_device_train_batch_size": args.batch_size, "learning_rate": args.learning_rate,
               "lr_scheduler_type": "cosine", "weight_decay": 0.05, "logging_steps": 20, "save_strategy": "no",
-              "report_to": "none", "seed": spec.seed, "remove_unused_columns": False, "disable_tqdm": True}
+              "report_to": "none", "seed": spec.seed, "remove_unused_columns": False, "disable_tqdm": True,
+              "overwrite_output_dir": True}  # only unfinished runs are redone
     if spec.method in ("madry", "trades"):
         return AdversarialConfig(adversarial_method=spec.method, adversarial_epsilon=args.adversarial_epsilon,
                                  adversarial_steps=args.adversarial_steps, **common)
@@ -267,7 +268,7 @@ def _training_config(spec: RunSpec, args: ReproduceArguments, output_dir: Path) 
              "nullspace_fast": {"noise_mode": "nullspace"}}
     augmentation = PAPER_AUGMENTATION if args.protocol == "paper" else {}
     return NullspaceConfig(noise_eps=spec.eps, noise_refresh_steps=args.noise_refresh_steps, **noise[spec.method],
-                           **augmentation, overwrite_output_dir=True, **common)  # only unfinished runs are redone
+                           **augmentation, **common)
 
 
 def load_processor(pretrained: Path, args: ReproduceArguments) -> Any:

@@ -11,8 +11,11 @@ the tiny ViT in `embedded/vit-tiny-digits` fine-tuned on scikit-learn's digits, 
 package), and the flags given override it. `--config` takes any YAML or JSON file of the arguments
 below instead; flags override it too.
 
-Before any work the job checks the checkpoint to resume from, that `output_dir` holds no earlier run
-(`--overwrite_output_dir true` replaces one), the labels and every image's header.
+Before any work the job takes `output_dir` for itself (a second job into it stops at once, naming this
+one), and checks the checkpoint to resume from, that `output_dir` holds no earlier run
+(`--overwrite_output_dir true` replaces one), the Hub id and token of a push, the labels and every image's
+header. SIGTERM or SIGINT ends it after the current optimizer step with a complete checkpoint
+(`--resume_from_checkpoint true` continues it); a failed save is one error naming the last complete one.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from transformers.utils import logging as hf_logging
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
 from nullspace_hf.checkpoint import resolve_checkpoint
-from nullspace_hf.checks import check_output_dir
+from nullspace_hf.checks import SaveError, check_output_dir
 from nullspace_hf.data import (
     ImageClassificationTransform,
     check_image_classification_columns,
@@ -42,10 +45,12 @@ from nullspace_hf.data import (
     load_image_dataset,
 )
 from nullspace_hf.evaluation import evaluate_robustness, load_metric
-from nullspace_hf.hub import RESULTS_FILE, HubPushError, noise_rounds_table, push_output_dir
+from nullspace_hf.hub import RESULTS_FILE, HubPushError, check_push_settings, noise_rounds_table, push_output_dir
+from nullspace_hf.lock import hold_output_dir
 from nullspace_hf.modeling import check_model_source
 from nullspace_hf.parsing import parse_with_config, run_command
 from nullspace_hf.plots import plot_noise_dynamics
+from nullspace_hf.preemption import follow_launcher, handle_stop_signals, stop_if_requested
 
 EMBEDDED = Path(__file__).resolve().parent / "embedded"
 DEFAULT_CONFIG = EMBEDDED / "digits.yaml"
@@ -269,12 +274,23 @@ def print_table(results: dict) -> None:
 
 
 def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
-    """Fine-tune, evaluate before and after, write ``output_dir`` completely, then push if asked."""
+    """Fine-tune, evaluate before and after, write ``output_dir`` completely, then push if asked; ``output_dir`` is
+    held for the whole job and a stop signal ends it after the current step (or phase) with nothing lost."""
     set_seed(training_args.seed)
     log_level = training_args.get_process_log_level()
     hf_logging.set_verbosity(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     print(f"Process {training_args.process_index} of {training_args.world_size} ({training_args.device}).")
+    with hold_output_dir(training_args.output_dir), handle_stop_signals():
+        return _run(script_args, training_args)
+
+
+def _run(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
+    output = Path(training_args.output_dir)
+    push = training_args.push_to_hub
+    repo_id = training_args.hub_model_id or output.name
+    if push:
+        check_push_settings(repo_id, training_args.hub_token)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir,
                                     training_args.noise_mode, with_ema=training_args.ema_decay is not None)
     check_output_dir(training_args.output_dir, overwrite=training_args.overwrite_output_dir,
@@ -285,7 +301,6 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
     trained = _with_lora(model, script_args) if script_args.use_peft else model
     columns = (data.image_column, data.label_column)
     transform = ImageClassificationTransform(processor, *columns, model.config.num_channels)
-    push = training_args.push_to_hub
     training_args.push_to_hub = False  # the finished output_dir is pushed at the end, once complete
     training_args.remove_unused_columns = False  # the transform needs the image column
     source = script_args.data_files or script_args.train_dir
@@ -309,6 +324,8 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
         trainer.model = trainer.model.merge_and_unload()
     trainer.save_model()
     trainer.save_state()
+    stop_if_requested(f"the fine-tuned model is saved in {output}; the evaluation after fine-tuning, the model "
+                      "card and the push were not done (run the job again with --resume_from_checkpoint true).")
     if data.validation is not None:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
@@ -319,8 +336,9 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
     robustness = {f"{run}_{metric}": value for run, report in results.items()
                   for metric, value in report["summary"].items()}
     trainer.save_metrics("robustness", robustness)
+    stop_if_requested(f"the fine-tuned model is saved in {output}; its results.json, model card and push were not "
+                      "written (run the job again with --resume_from_checkpoint true).")
     if trainer.is_world_process_zero():
-        output = Path(training_args.output_dir)
         (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         if trainer.noise_history:
             plot_noise_dynamics(trainer.noise_history, output / "noise_dynamics.png", eps=training_args.noise_eps,
@@ -332,7 +350,6 @@ def main(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
         print(f"Wrote {output}: model.safetensors, README.md (model card), {RESULTS_FILE}, noise files"
               + (", noise_dynamics.png" if trainer.noise_history else ""))
         if push:
-            repo_id = training_args.hub_model_id or output.name
             url = push_output_dir(str(output), repo_id, token=training_args.hub_token,
                                   private=training_args.hub_private_repo, revision=training_args.hub_revision)
             print(f"Pushed to {repo_id}: {url}")
@@ -352,7 +369,9 @@ def cli(argv: list[str]) -> int:
         print(f"No --config: starting from the embedded default ({DEFAULT_CONFIG.name}: a tiny ViT on scikit-learn's "
               "digits)" + ("; the flags given override it." if argv else "."))
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    return run_command("finetune", lambda: main(*parse_with_config(make_parser(), argv)), (ValueError, HubPushError))
+    follow_launcher()
+    return run_command("finetune", lambda: main(*parse_with_config(make_parser(), argv)),
+                       (ValueError, HubPushError, SaveError))
 
 
 if __name__ == "__main__":
