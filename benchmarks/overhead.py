@@ -39,19 +39,19 @@ CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 DIGITS_MODEL = ROOT / "nullspace_hf" / "scripts" / "embedded" / "vit-tiny-digits"
 
 
-def load_rows(model_path: str, data: str, limit: int) -> tuple[TensorRows, str]:
-    """The benchmark data, processed once by the model's image processor."""
+def load_rows(model_path: str, data: str, limit: int, split: str = "train") -> tuple[TensorRows, str]:
+    """The benchmark data (``split``: ``"train"`` or ``"test"``), processed once by the model's image processor."""
     from transformers import AutoImageProcessor
 
     from nullspace_hf.data import digits_dataset, load_image_dataset
 
     processor = AutoImageProcessor.from_pretrained(model_path)
     if data == "cifar10":
-        split = load_image_dataset(data_files={"train": str(CIFAR / "train.parquet")})["train"]
-        images, labels, name = split["img"][:limit], split["label"][:limit], "CIFAR-10"
+        rows = load_image_dataset(data_files={split: str(CIFAR / f"{split}.parquet")})[split]
+        images, labels, name = rows["img"][:limit], rows["label"][:limit], "CIFAR-10"
     else:
-        split = digits_dataset()["train"]
-        images, labels, name = list(split["image"])[:limit], list(split["label"])[:limit], "digits"
+        rows = digits_dataset()[split]
+        images, labels, name = list(rows["image"])[:limit], list(rows["label"])[:limit], "digits"
     pixels = processor([image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
     return TensorRows(pixels, torch.tensor(list(labels))), name
 
@@ -63,19 +63,27 @@ def training_args(cls, output_dir: str, args: argparse.Namespace, **extra):
                bf16=args.bf16, torch_compile=args.torch_compile, **extra)
 
 
-def timed_run(kind: str, args: argparse.Namespace, rows: TensorRows, tmp: str, **noise) -> tuple[float, list]:
-    """Wall time of one ``train()`` (model load excluded) and the noise rounds."""
+def build_trainer(kind: str, args: argparse.Namespace, rows: TensorRows, tmp: str, **noise) -> Trainer:
+    """A plain ``Trainer`` or a ``NullspaceTrainer`` with the benchmark's training arguments (and ``noise`` settings)."""
     model = AutoModelForImageClassification.from_pretrained(args.model, attn_implementation=args.attn)
     if kind == "plain":
-        trainer = Trainer(model=model, args=training_args(TrainingArguments, tmp, args), train_dataset=rows)
-    else:
-        trainer = NullspaceTrainer(model=model, args=training_args(NullspaceConfig, tmp, args, **noise),
-                                   train_dataset=rows)
+        return Trainer(model=model, args=training_args(TrainingArguments, tmp, args), train_dataset=rows)
+    return NullspaceTrainer(model=model, args=training_args(NullspaceConfig, tmp, args, **noise), train_dataset=rows)
+
+
+def timed_train(trainer: Trainer) -> float:
+    """Wall time of one ``train()``."""
     synchronize()
     start = time.perf_counter()
     trainer.train()
     synchronize()
-    return time.perf_counter() - start, getattr(trainer, "noise_history", [])
+    return time.perf_counter() - start
+
+
+def timed_run(kind: str, args: argparse.Namespace, rows: TensorRows, tmp: str, **noise) -> tuple[float, list]:
+    """Wall time of one ``train()`` (model load excluded) and the noise rounds."""
+    trainer = build_trainer(kind, args, rows, tmp, **noise)
+    return timed_train(trainer), getattr(trainer, "noise_history", [])
 
 
 def synchronize() -> None:

@@ -123,11 +123,13 @@ class NullspaceConfig(BaseConfig):
 
     Every ``transformers.TrainingArguments`` and :class:`BaseConfig` field is accepted; the fields below configure the noise
     synthesis and the augmented loss of Algorithm 1 (paper App. C). Defaults are the paper's except
-    the synthesis schedule, chosen by ``benchmarks/matrix.py`` on six models (docs/benchmarks.md):
-    round 0 searches from U(−1, 1) for at most 200 gradient steps; every later round starts from the
-    previous noise × 1.1, placed just outside ε by forward passes, and takes at most 10 small steps
-    (``noise_warm_lr``). Every round ends with its mse_prob in ``[noise_boundary_band·ε, ε)``.
-    ``noise_init_limit=3.0, noise_warm_start=False, noise_max_steps=3000`` is the paper's schedule.
+    the synthesis schedule, chosen by ``benchmarks/matrix.py`` on nine models with 16–256 patch tokens
+    (docs/benchmarks.md, issue 22): round 0 runs the token-scaled descent (``noise_token_lr``) from the
+    paper's U(−3, 3) for at most 200 gradient steps and ends with about the norm of the paper's own search;
+    every later round starts from the previous noise × 1.1 and keeps it while the updated model still
+    tolerates it (forward passes only), searching again (at most ``noise_warm_max_steps`` steps) only when
+    it does not. Every round ends with its mse_prob in ``[noise_boundary_band·ε, ε)``.
+    ``noise_token_lr=0, noise_warm_start=False, noise_max_steps=3000`` is the paper's schedule.
     """
 
     noise_mode: str = field(
@@ -144,17 +146,16 @@ class NullspaceConfig(BaseConfig):
     )
     noise_lr: float = field(default=0.1, metadata={"help": "Learning rate of the noise synthesis (AdamW, cosine)."})
     noise_init_limit: float = field(
-        default=1.0,
+        default=3.0,
         metadata={"help": "A: a fresh noise starts from U(-A, A) (a large noise that is then shrunk; the paper: 3)."},
     )
     noise_token_lr: float = field(
-        default=0.0,
+        default=0.2,
         metadata={
             "help": "Learning rate of the per-token scales of the token-scaled descent (noise = s * (start + delta), "
             "one scale s in (0, 1.25) per patch token, beside the element-wise change delta at noise_lr): it finds "
-            "the paper's large noise in far fewer steps on ViTs with many patches (0.2 with noise_init_limit=3; "
-            "docs/benchmarks.md, issue 22). 0 (the default for now) runs the paper's element-wise descent on the noise "
-            "itself."
+            "the paper's large noise in tens instead of hundreds to thousands of steps on ViTs with many patches "
+            "(docs/benchmarks.md, issue 22). 0 runs the paper's element-wise descent on the noise itself."
         },
     )
     noise_max_steps: int = field(
@@ -168,21 +169,24 @@ class NullspaceConfig(BaseConfig):
         default=0.01,
         metadata={
             "help": "Learning rate of a warm-started synthesis, like noise_lr given for a noise the size of U(-A, A) "
-            "and scaled to the start's size. A warm start sits just outside eps, so it needs small steps."
+            "and scaled to the start's size. A warm start the model no longer tolerates sits just outside eps, so it "
+            "needs small steps."
         },
     )
     noise_warm_max_steps: int = field(
-        default=10,
+        default=20,
         metadata={
-            "help": "Gradient-step budget of a warm-started synthesis. A round that uses it up without entering eps "
+            "help": "Gradient-step budget of a warm-started synthesis whose start is outside eps (a start inside eps "
+            "takes no gradient step). A round that uses it up without entering eps "
             "is scaled into eps along its direction (forward passes only) and logged with a warning."
         },
     )
     noise_boundary_band: float = field(
         default=0.5,
         metadata={
-            "help": "Every round's noise ends with its synthesis-batch mse_prob in [band*eps, eps): a start inside "
-            "eps is first grown out of it, and the last step is scaled to just inside (forward passes only). 0 runs "
+            "help": "Every round's noise ends with its synthesis-batch mse_prob in [band*eps, eps): a fresh start "
+            "inside eps is first grown out of it, and the last step (or a warm start inside eps) is scaled to just "
+            "inside (forward passes only). 0 runs "
             "the bare Algorithm 1 stop rule (a start inside eps is used as it is)."
         },
     )
@@ -203,9 +207,10 @@ class NullspaceConfig(BaseConfig):
     noise_warm_start: bool = field(
         default=True,
         metadata={
-            "help": "Start each synthesis after round 0 from the previous round's noise (times noise_warm_start_scale, "
-            "then scaled to just outside eps, with noise_lr scaled to its size and a budget of noise_warm_max_steps) "
-            "instead of a fresh U(-A, A) (the paper: False)."
+            "help": "Start each synthesis after round 0 from the previous round's noise times noise_warm_start_scale "
+            "instead of a fresh U(-A, A) (the paper: False). A start the updated model still tolerates (inside eps) "
+            "is kept and only placed in the band; one it does not is searched again (noise_warm_lr, "
+            "noise_warm_max_steps)."
         },
     )
     noise_warm_start_scale: float = field(

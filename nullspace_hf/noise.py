@@ -354,7 +354,7 @@ def synthesize_noise(
     generator: torch.Generator | None = None,
     reuse_batches: int = 0,
     band: float | None = 0.5,
-    place_start: bool = False,
+    keep_inside_start: bool = False,
     token_lr: float = 0.0,
 ) -> NoiseResult:
     """Search encoder-level noise in the ε-approximate nullspace (Eq. 7/8; Eq. 4 with ``log_norm_weight``).
@@ -363,8 +363,9 @@ def synthesize_noise(
 
     1. **Enter from outside.** The start (U(−A, A), or ``init``) must lie outside Ñ(ε) (Eq. 5): if it is
        inside, it is grown along its own direction until it is just outside (:func:`boundary_scale`,
-       forward passes only). With ``place_start`` (warm starts) a start far outside is also brought
-       back to just outside, so that the descent needs few steps.
+       forward passes only). With ``keep_inside_start`` (warm starts) a start inside Ñ(ε) is kept instead:
+       the model still tolerates the previous round's noise, so there is nothing to descend, and part 3
+       only places it in the band — growing it along its direction when it lies deep inside.
     2. **Descend** (Eq. 8): AdamW with a cosine schedule over ``max_steps`` minimises
        E‖f(u+ṽ) − f(u)‖² on a new minibatch each step and stops at the first step whose batch mean of
        Σ(Δsoftmax)² is below ε. The learning rate follows the noise's size (:func:`relative_lr`; for a
@@ -404,8 +405,8 @@ def synthesize_noise(
             ``n`` minibatches and computes their clean logits once, which makes a step about a third
             cheaper but fits the noise to ``n`` minibatches only.
         band: the search ends with the distance in ``[band·ε, ε)``; None for the bare Algorithm 1.
-        place_start: scale the start to just outside ε (``[ε, ε/band)``) before the descent, also when it
-            is far outside.
+        keep_inside_start: a start already inside ε is not grown out of it: the descent is skipped and the
+            start is only placed in ``[band·ε, ε)`` (the trainer's warm starts).
         token_lr: AdamW learning rate of the per-token scale logits of the token-scaled descent (0: the
             paper's element-wise descent).
     """
@@ -428,7 +429,7 @@ def synthesize_noise(
         start = start.to(device)
         start_distance = _scaled_distance(model, injector, inputs, clean, start)
         start_mse_prob, forward_steps = start_distance(1.0), 1
-        if band is not None and (place_start or start_mse_prob < eps):
+        if band is not None and start_mse_prob < eps and not keep_inside_start:
             placed = boundary_scale(start_distance, eps, side="outside", band=band, at_one=start_mse_prob)
             start, forward_steps = start * placed.scale, forward_steps + placed.forwards
         element_lr = relative_lr(lr, init_limit, start)
@@ -449,8 +450,9 @@ def synthesize_noise(
             def current() -> torch.Tensor:
                 return noise
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(max_steps, 1))
-        steps, mse_prob = 0, math.inf
-        while True:
+        kept = keep_inside_start and start_mse_prob < eps
+        steps, mse_prob, noise = 0, start_mse_prob, start
+        while not kept:
             noise = current()
             with injector.applied(noise):
                 noisy = float_logits(model, inputs)

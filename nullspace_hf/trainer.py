@@ -37,6 +37,8 @@ from .pixels import PixelTransform
 
 __all__ = ["EMA_FILE", "HISTORY_FILE", "LOSS_TERM", "NOISE_FILE", "NullspaceTrainer"]
 LOSS_TERM = "nullspace_loss_term"  # key of the inputs that asks compute_loss for one term of Eq. 6
+NORM_DROP_WARNING = 0.5
+"""A round whose noise norm ends below this share of the previous round's is logged with a warning."""
 DIVERGED = ("training diverged and this model is not saved; lower learning_rate, or resume from an earlier "
             "checkpoint.")
 
@@ -266,7 +268,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
             init_limit=args.noise_init_limit,
             max_steps=budget, loss=args.noise_loss, log_norm_weight=args.noise_log_norm_weight, init=warm,
             generator=generator, reuse_batches=args.noise_reuse_batches, band=args.noise_boundary_band or None,
-            place_start=warm is not None and not args.noise_token_lr, token_lr=args.noise_token_lr,
+            keep_inside_start=warm is not None, token_lr=args.noise_token_lr,
         )
         setting = "noise_max_steps" if warm is None else "noise_warm_max_steps"
         self._warn_about_round(round_index, self._finite(round_index, result), budget, setting)
@@ -293,7 +295,17 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
                    if result.reached else f"the noise is outside eps (mse_prob {result.mse_prob:.3g}).")
                 + f" Raise {setting} for a fully searched noise."
             )
-        elif band and result.mse_prob < band * eps:
+        if self.noise_history and result.norm < NORM_DROP_WARNING * self.noise_history[-1]["norm"]:
+            previous = self.noise_history[-1]
+            logger.warning(
+                f"Noise round {round_index}: the noise norm fell to {result.norm:.3g} (RMS {result.rms:.3g}) from "
+                f"{previous['norm']:.3g} in round {previous['round']}: "
+                + ("the search used up its budget and the scale into eps along its direction shrank it; raise "
+                   f"{setting}." if result.budget_hit else
+                   "the model no longer tolerates the previous noise (the weights changed) and the search found a "
+                   "smaller one.")
+            )
+        if not result.budget_hit and band and result.mse_prob < band * eps:
             logger.warning(
                 f"Noise round {round_index}: the noise ends at mse_prob {result.mse_prob:.3g}, below "
                 f"noise_boundary_band * eps = {band * eps:.3g}: the model's predictions stay within eps along its "

@@ -111,14 +111,15 @@ def _distance(model, batch, noise):
             return float(probability_distance(clean, model(pixel_values=batch).logits).mean())
 
 
-@pytest.mark.parametrize("start", ["inside", "far-outside-warm", "paper"])
+@pytest.mark.parametrize("start", ["inside", "inside-kept", "far-outside", "paper"])
 def test_search_enters_from_outside_and_ends_just_inside(trained, start):
     """On one batch the final distance, recomputed here, lies in [eps/2, eps) whatever the start."""
     model, train_batches, _ = trained
     batch = train_batches[0]
     direction = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
     kwargs = {"inside": dict(init=1e-4 * direction),
-              "far-outside-warm": dict(init=20 * direction, place_start=True, max_steps=10),
+              "inside-kept": dict(init=1e-4 * direction, keep_inside_start=True),
+              "far-outside": dict(init=20 * direction, max_steps=10),
               "paper": dict(init_limit=3.0)}[start]
     result = synthesize_noise(model, [batch], eps=EPS, generator=torch.Generator().manual_seed(0), **kwargs)
     measured = _distance(model, batch, result.noise)
@@ -129,7 +130,11 @@ def test_search_enters_from_outside_and_ends_just_inside(trained, start):
         assert result.start_mse_prob < EPS / 100
         assert _distance(model, batch, 1e-4 * direction) == pytest.approx(result.start_mse_prob, rel=1e-3)
         assert result.norm > 10 * float((1e-4 * direction).norm()) and result.steps > 0
-    if start == "far-outside-warm":
+    if start == "inside-kept":
+        # a warm start the model tolerates takes no gradient step: it is only grown along itself into the band
+        assert result.steps == 0
+        torch.testing.assert_close(result.noise / result.noise.norm(), direction / direction.norm())
+    if start == "far-outside":
         assert result.start_mse_prob > 10 * EPS and result.steps <= 10
 
 
