@@ -231,8 +231,9 @@ def main() -> None:
 
     variants = {
         "defaults": {},
-        "paper": {"noise_warm_start": False, "noise_init_limit": 3.0, "noise_max_steps": 3000, "noise_lr": 0.1},
-        "a1": {"noise_warm_start": False, "noise_init_limit": 1.0, "noise_max_steps": 3000},
+        "paper": {"noise_warm_start": False, "noise_init_limit": 3.0, "noise_max_steps": 3000, "noise_lr": 0.1,
+                  "noise_token_lr": 0.0},
+        "a1": {"noise_warm_start": False, "noise_init_limit": 1.0, "noise_max_steps": 3000, "noise_token_lr": 0.0},
         "reuse8": {"noise_reuse_batches": 8},
         "concat": {"noisy_forward": "concat"},
     }

@@ -24,9 +24,9 @@ from nullspace_hf.data import TensorRows
 
 SCHEDULES = {  # name: (what it is, NullspaceConfig overrides)
     "paper": ("fresh U(-3, 3) every round", {"noise_warm_start": False, "noise_init_limit": 3.0,
-                                             "noise_max_steps": 3000}),
+                                             "noise_max_steps": 3000, "noise_token_lr": 0.0}),
     "a1": ("fresh U(-1, 1) every round", {"noise_warm_start": False, "noise_init_limit": 1.0,
-                                          "noise_max_steps": 3000}),
+                                          "noise_max_steps": 3000, "noise_token_lr": 0.0}),
     "defaults": ("U(-1, 1), then previous noise x 1.1", {}),
     "warm1.25": ("U(-1, 1), then previous noise x 1.25", {"noise_warm_start_scale": 1.25}),
     "warm1.5": ("U(-1, 1), then previous noise x 1.5", {"noise_warm_start_scale": 1.5}),

@@ -153,7 +153,7 @@ class NullspaceConfig(BaseConfig):
         default=0.2,
         metadata={
             "help": "Learning rate of the per-token scales of the token-scaled descent (noise = s * (start + delta), "
-            "one scale s in (0, 1.25) per patch token, beside the element-wise change delta at noise_lr): it finds "
+            "one scale s in (0, 2) per patch token, beside the element-wise change delta at noise_lr): it finds "
             "the paper's large noise in tens instead of hundreds to thousands of steps on ViTs with many patches "
             "(docs/benchmarks.md, issue 22). 0 runs the paper's element-wise descent on the noise itself."
         },

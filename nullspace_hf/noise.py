@@ -321,22 +321,22 @@ def _scaled_distance(
     return distance
 
 
-TOKEN_SCALE_MAX = 1.25
+TOKEN_SCALE_MAX = 2.0
 """The most a token-scaled descent (:func:`token_scaled`) can grow a token of its start in one search."""
 
 
 def token_scaled(start: torch.Tensor, offset: torch.Tensor, scale_logits: torch.Tensor) -> torch.Tensor:
-    """Eq. 8's noise ṽ in the token-scaled parametrisation: ``s ⊙ (ṽ₀ + δ)``, ``s = 1.25·σ(w)`` per patch token.
+    """Eq. 8's noise ṽ in the token-scaled parametrisation: ``s ⊙ (ṽ₀ + δ)``, ``s = 2·σ(w)`` per patch token.
 
     ``start`` is the ``(num_patches, hidden)`` start ṽ₀, ``offset`` the element-wise change δ (Eq. 8's own
     variable, shifted by the start) and ``scale_logits`` the ``(num_patches, 1)`` logits w of one scale per
-    token. ``w = log 4`` gives s = 1, so ``δ = 0`` with that ``w`` is the start itself.
+    token. ``w = 0`` gives s = 1, so ``δ = 0, w = 0`` is the start itself.
     """
     return TOKEN_SCALE_MAX * torch.sigmoid(scale_logits) * (start + offset)
 
 
 def _unit_token_logits(tokens: int, device: torch.device) -> torch.Tensor:
-    """Token-scale logits w with ``1.25·σ(w) = 1`` (every token at its start size)."""
+    """Token-scale logits w with ``2·σ(w) = 1`` (every token at its start size)."""
     return torch.full((tokens, 1), math.log(1.0 / (TOKEN_SCALE_MAX - 1.0)), device=device)
 
 
@@ -378,7 +378,7 @@ def synthesize_noise(
     last noise), which fixed-length searches such as Fig. 3's use.
 
     **Token-scaled descent** (``token_lr > 0``): the same descent of Eq. 8 on
-    ``ṽ = s ⊙ (ṽ₀ + δ)`` (:func:`token_scaled`), with one scale ``s ∈ (0, 1.25)`` per patch token learned at
+    ``ṽ = s ⊙ (ṽ₀ + δ)`` (:func:`token_scaled`), with one scale ``s ∈ (0, 2)`` per patch token learned at
     ``token_lr`` beside the element-wise change δ at ``lr``. The paper's element-wise descent from a large
     U(−3, 3) start ends with most tokens at their full start size and a few shrunk to almost nothing (the
     model tolerates a token it cannot read, not a large change of a token it reads); Adam, moving every

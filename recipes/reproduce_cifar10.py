@@ -58,7 +58,7 @@ METHODS = ("vanilla", "random", "nullspace", "nullspace_a1", "nullspace_fast", "
 METHOD_LABELS = {"vanilla": "Vanilla fine-tuning", "random": "Random ε-noise",
                  "nullspace": "Nullspace (paper schedule: fresh U(−3, 3) each round)",
                  "nullspace_a1": "Nullspace (fresh U(−1, 1) each round)",
-                 "nullspace_fast": "Nullspace (package defaults: boundary search, warm start, ≤ 200 / ≤ 10 steps)",
+                 "nullspace_fast": "Nullspace (package defaults: token-scaled search, warm start kept while tolerated)",
                  "madry": "Madry (PGD)", "trades": "TRADES"}
 MAIN_EPS = 0.03
 PROTOCOLS = ("plain", "paper")
@@ -261,7 +261,8 @@ def _training_config(spec: RunSpec, args: ReproduceArguments, output_dir: Path) 
     if spec.method in ("madry", "trades"):
         return AdversarialConfig(adversarial_method=spec.method, adversarial_epsilon=args.adversarial_epsilon,
                                  adversarial_steps=args.adversarial_steps, **common)
-    fresh = {"noise_mode": "nullspace", "noise_warm_start": False, "noise_max_steps": args.noise_max_steps}
+    fresh = {"noise_mode": "nullspace", "noise_warm_start": False, "noise_max_steps": args.noise_max_steps,
+             "noise_token_lr": 0.0}
     noise = {"vanilla": {"noise_mode": "none"}, "random": {"noise_mode": "random"},
              "nullspace": {**fresh, "noise_init_limit": 3.0},
              "nullspace_a1": {**fresh, "noise_init_limit": 1.0},
