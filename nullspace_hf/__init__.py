@@ -1,5 +1,6 @@
 """nullspace_hf: approximate nullspace augmented fine-tuning for robust Vision Transformers."""
 
+from .adversarial import AdversarialConfig, AdversarialTrainer
 from .applications import (
     FingerprintMatch,
     NullspaceFingerprint,
@@ -12,11 +13,10 @@ from .applications import (
     nullspace_fingerprint,
     targeted_image,
 )
-from .adversarial import AdversarialConfig, AdversarialTrainer
 from .config import BaseConfig, NullspaceConfig
 from .evaluation import RobustnessReport, evaluate_robustness
-from .nullspace import PatchNullspace, patch_embedding_nullspace
 from .noise import NoiseInjector, NoiseResult, noise_influence, random_noise, synthesize_noise
+from .nullspace import PatchNullspace, patch_embedding_nullspace
 from .trainer import NullspaceTrainer
 
 __version__ = "0.1.0"

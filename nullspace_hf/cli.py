@@ -11,8 +11,8 @@ from transformers.utils import logging as hf_logging
 
 from .applications.cli import add_watermark_parser
 from .evaluation.cli import add_evaluate_parser
-from .nullspace import patch_embedding_nullspace
 from .modeling import load_model
+from .nullspace import patch_embedding_nullspace
 from .parsing import run_command
 
 

@@ -17,8 +17,6 @@ from nullspace_hf.data import digits_dataset
 
 from .helpers import free_port, save_tiny_model
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -8,8 +8,17 @@
 
 from .._deprecated import moved_names
 from ..data import load_split as load_eval_dataset
-from .attacks import (ATTACKS, DEFAULT_ATTACKS, FGSM, PGD, Attack, AutoAttack, CarliniWagnerL2, PatchFool,
-                      resolve_attacks)
+from .attacks import (
+    ATTACKS,
+    DEFAULT_ATTACKS,
+    FGSM,
+    PGD,
+    Attack,
+    AutoAttack,
+    CarliniWagnerL2,
+    PatchFool,
+    resolve_attacks,
+)
 from .corruption_stream import corrupt_dataset
 from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, corrupt_pixels, resolve_corruptions
 from .hf_metrics import load_metric

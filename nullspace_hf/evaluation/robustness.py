@@ -31,8 +31,15 @@ from ..modeling import frozen_eval, load_model
 from ..pixels import PixelSpaceClassifier, PixelTransform, check_model_input, from_8bit, images_to_pixels
 from .attacks import DEFAULT_ATTACKS, Attack, resolve_attacks
 from .corruption_stream import CorruptOnTheFly, LoadReleased, check_workers, prefetched
-from .corruptions import (IMAGENET_C_CORRUPTIONS, SEVERITIES, CorruptedSets, check_corruptible, library_version,
-                          resolve_corruptions, resolve_severities)
+from .corruptions import (
+    IMAGENET_C_CORRUPTIONS,
+    SEVERITIES,
+    CorruptedSets,
+    check_corruptible,
+    library_version,
+    resolve_corruptions,
+    resolve_severities,
+)
 from .hf_metrics import load_metric
 from .ood import load_ood_dataset, ood_set
 from .released import CorruptionSet, open_corruption_set

@@ -29,8 +29,15 @@ from pathlib import Path
 import datasets
 import numpy as np
 from datasets import Dataset, Image
-from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification, EvalPrediction,
-                          HfArgumentParser, IntervalStrategy, set_seed)
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    EvalPrediction,
+    HfArgumentParser,
+    IntervalStrategy,
+    set_seed,
+)
 from transformers.utils import logging as hf_logging
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
