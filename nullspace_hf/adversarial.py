@@ -30,8 +30,9 @@ ADVERSARIAL_METHODS = ("madry", "trades")
 
 @dataclass
 class AdversarialConfig(BaseConfig):
-    """Training arguments of :class:`AdversarialTrainer`: ``TrainingArguments``, :class:`~nullspace_hf.config.BaseConfig`
-    (finite settings, no token in ``training_args.bin``, ``overwrite_output_dir``) and the PGD settings.
+    """Training arguments of :class:`AdversarialTrainer`: ``TrainingArguments``,
+    :class:`~nullspace_hf.config.BaseConfig` (finite settings, no token in ``training_args.bin``,
+    ``overwrite_output_dir``) and the PGD settings.
 
     Parameters:
         > The attack that makes the training examples

@@ -25,7 +25,8 @@ RUN_FILES = (*WEIGHT_FILES, "trainer_state.json", "results.json", "training_args
 # errno of a failed write, in words for the one-line error
 WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                errno.EPERM: "permission denied", errno.EIO: "an input/output error", errno.EFBIG: "the file is too large"}
+                errno.EPERM: "permission denied", errno.EIO: "an input/output error",
+                errno.EFBIG: "the file is too large"}
 # what torch.save (its zip writer) and safetensors say when a write fails, without an errno
 WRITE_FAILURE_TEXTS = ("inline_container", "unexpected pos", "file write failed", "IoError")
 LOW_SPACE = 1 << 20  # bytes: less than this free after a failed write means the disk is full

@@ -71,7 +71,8 @@ class BaseConfig(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an output_dir that holds an earlier run (its checkpoints, model, results), "
-                          "replacing it. Without it such an output_dir is refused unless resume_from_checkpoint is set."},
+                          "replacing it. Without it such an output_dir is refused unless resume_from_checkpoint is "
+                          "set."},
     )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -121,8 +122,8 @@ class BaseConfig(TrainingArguments):
 class NullspaceConfig(BaseConfig):
     """Training arguments of :class:`~nullspace_hf.NullspaceTrainer`.
 
-    Every ``transformers.TrainingArguments`` and :class:`BaseConfig` field is accepted; the fields below configure the noise
-    synthesis and the augmented loss of Algorithm 1 (paper App. C). Defaults are the paper's except
+    Every ``transformers.TrainingArguments`` and :class:`BaseConfig` field is accepted; the fields below configure the
+    noise synthesis and the augmented loss of Algorithm 1 (paper App. C). Defaults are the paper's except
     the synthesis schedule, chosen by ``benchmarks/matrix.py`` on six models (docs/benchmarks.md):
     round 0 searches from U(−1, 1) for at most 200 gradient steps; every later round starts from the
     previous noise × 1.1, placed just outside ε by forward passes, and takes at most 10 small steps
@@ -275,7 +276,8 @@ class NullspaceConfig(BaseConfig):
                           "terms of Eq. 6 (the authors: 1.0; 0 = off). label_smoothing_factor smooths the targets."},
     )
     mixup_switch_prob: float = field(
-        default=0.5, metadata={"help": "Share of the mixed batches that use cutmix instead of mixup (the authors: 0.5)."}
+        default=0.5,
+        metadata={"help": "Share of the mixed batches that use cutmix instead of mixup (the authors: 0.5)."}
     )
 
     def _problems(self) -> list[str]:
@@ -286,7 +288,8 @@ class NullspaceConfig(BaseConfig):
             problems.append(f"noise_loss={self.noise_loss!r} is not one of {', '.join(NOISE_LOSSES)}")
         if self.noisy_forward not in NOISY_FORWARDS:
             problems.append(f"noisy_forward={self.noisy_forward!r} is not one of {', '.join(NOISY_FORWARDS)}")
-        for name in ("noise_eps", "noise_lr", "noise_warm_lr", "noise_init_limit", "noise_refresh_steps", "noise_warm_start_scale"):
+        for name in ("noise_eps", "noise_lr", "noise_warm_lr", "noise_init_limit", "noise_refresh_steps",
+                     "noise_warm_start_scale"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("noise_max_steps", "noise_warm_max_steps", "noisy_loss_weight", "noise_log_norm_weight",

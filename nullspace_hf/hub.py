@@ -61,7 +61,8 @@ def noise_rounds_table(noise_history: list[dict[str, Any]]) -> str:
     lines = ["| round | step | start mse_prob | final mse_prob | gradient steps | forward-only passes | noise norm "
              "| budget used up |", "|---|---|---|---|---|---|---|---|"]
     for r in noise_history:
-        lines.append(f"| {r['round']} | {r['step']} | {r.get('start_mse_prob', float('nan')):.3g} | {r['mse_prob']:.4f} "
+        lines.append(f"| {r['round']} | {r['step']} | {r.get('start_mse_prob', float('nan')):.3g} | "
+                     f"{r['mse_prob']:.4f} "
                      f"| {r['steps']} | {r.get('forward_steps', 0)} | {r['norm']:.3f} | "
                      f"{'yes' if r.get('budget_hit') else 'no'} |")
     return "\n".join(lines)
@@ -174,7 +175,8 @@ def build_model_card(
         for metric, value in after["summary"].items():
             conditions = details.get(metric)
             eval_results.append(EvalResult(
-                task_type="image-classification", dataset_type=_hub_id(dataset_id) or dataset_name or after.get("dataset", "unknown"),
+                task_type="image-classification",
+                dataset_type=_hub_id(dataset_id) or dataset_name or after.get("dataset", "unknown"),
                 dataset_name=dataset_name or after.get("dataset", "unknown"), dataset_split="test",
                 metric_type="accuracy", metric_name=SUMMARY_METRICS.get(metric, f"{metric.upper()} accuracy"),
                 metric_value=round(float(value), 4),

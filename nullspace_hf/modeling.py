@@ -187,7 +187,8 @@ def patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> PatchGrid:
         ValueError: ``pixel_values`` is not a 4-d batch, or the model has no patch embedding.
     """
     if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {tuple(pixel_values.shape)}.")
+        raise ValueError("pixel_values must be a (batch, channels, height, width) tensor, got "
+                         f"{tuple(pixel_values.shape)}.")
     patch_h, patch_w = patch_projection(model).kernel_size
     return PatchGrid.for_image((patch_h, patch_w), *pixel_values.shape[-2:])
 

@@ -228,7 +228,8 @@ def pixels_for_model(image: Image.Image | torch.Tensor, model: nn.Module, proces
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(array))
     if not isinstance(image, torch.Tensor):
-        raise ValueError(f"{name} must be a PIL image or a (channels, height, width) tensor, got {type(image).__name__}.")
+        raise ValueError(f"{name} must be a PIL image or a (channels, height, width) tensor, got "
+                         f"{type(image).__name__}.")
     if image.ndim != 3 or image.shape[0] != num_channels:
         raise ValueError(
             f"{name} must be a ({num_channels}, height, width) tensor for this {num_channels}-channel model, "

@@ -107,8 +107,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
     ``save_pretrained`` weights, which load without this package.
 
     Args:
-        model: a ViT-family ``PreTrainedModel`` with a patch ``Conv2d`` (``modeling.patch_embedding`` finds it: ViT, DeiT,
-            BEiT, Dinov2, CLIP, SigLIP, timm, ...).
+        model: a ViT-family ``PreTrainedModel`` with a patch ``Conv2d`` (``modeling.patch_embedding`` finds it: ViT,
+            DeiT, BEiT, Dinov2, CLIP, SigLIP, timm, ...).
         args: a :class:`NullspaceConfig`.
         **kwargs: any other ``transformers.Trainer`` argument.
     """
@@ -203,7 +203,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
         try:
             batch = collator([dataset[0]])
         except Exception as error:  # whatever the user's transform or collator raises
-            removed = sorted(set(getattr(self.train_dataset, "column_names", [])) - set(getattr(dataset, "column_names", [])))
+            removed = sorted(set(getattr(self.train_dataset, "column_names", []))
+                             - set(getattr(dataset, "column_names", [])))
             hint = (f" The Trainer removed the columns {removed}, which the model's forward does not take "
                     "(remove_unused_columns=True); if the dataset's transform needs them (the image column), set "
                     "remove_unused_columns=False." if removed else "")
@@ -212,7 +213,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
         pixels = batch.get("pixel_values") if isinstance(batch, dict) else None
         if not torch.is_tensor(pixels) or pixels.dim() != 4 or "labels" not in batch:
             raise ValueError("A training batch must hold `pixel_values` (batch, channels, height, width) and `labels`; "
-                             f"train_dataset[0] gives {sorted(batch) if isinstance(batch, dict) else type(batch).__name__}.")
+                             "train_dataset[0] gives "
+                             f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}.")
         channels = getattr(getattr(self.model, "config", None), "num_channels", pixels.shape[1])
         if pixels.shape[1] != channels:
             raise ValueError(f"The model takes {channels}-channel images but the training batches have "
@@ -297,7 +299,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
             logger.warning(
                 f"Noise round {round_index}: the noise ends at mse_prob {result.mse_prob:.3g}, below "
                 f"noise_boundary_band * eps = {band * eps:.3g}: the model's predictions stay within eps along its "
-                "direction even at 10^6 times its size (near-uniform predictions?), so there is no boundary to stop at. "
+                "direction even at 10^6 times its size (near-uniform predictions?), so there is no boundary to stop "
+                "at. "
                 "A smaller noise_eps gives the search one."
             )
 

@@ -101,7 +101,8 @@ class ReproduceArguments:
     learning_rate: float = field(default=3e-4, metadata={"help": "Fine-tuning learning rate (AdamW, cosine)."})
     noise_refresh_steps: int = field(default=40, metadata={"help": "Steps between noise syntheses."})
     noise_max_steps: int = field(default=3000, metadata={
-        "help": "Synthesis budget of the fresh-start schedules (nullspace, nullspace_a1; the package defaults keep theirs)."})
+        "help": "Synthesis budget of the fresh-start schedules (nullspace, nullspace_a1; the package defaults keep "
+                "theirs)."})
     adversarial_epsilon: float = field(default=1 / 255, metadata={"help": "L∞ budget of Madry/TRADES training."})
     adversarial_steps: int = field(default=3, metadata={"help": "PGD steps per batch in Madry/TRADES training."})
     eval_samples: int = field(default=1000, metadata={"help": "Test images of the robustness evaluation."})
@@ -121,11 +122,13 @@ class ReproduceArguments:
     analysis_steps: int = field(default=600, metadata={"help": "Fig. 3: synthesis steps per regularisation."})
     regularization_strengths: str = field(default="0,1,10,100", metadata={"help": "Fig. 3: λ values of Eq. 4."})
     analysis: bool = field(default=True, metadata={
-        "help": "Measure and draw Fig. 3 and Fig. 5 on the pretrained model (false: the method tables and Fig. 4 only)."})
+        "help": "Measure and draw Fig. 3 and Fig. 5 on the pretrained model (false: the method tables and Fig. 4 "
+                "only)."})
     protocol: str = field(default="plain", metadata={
         "help": "'plain': hard-label CE, no augmentation. 'paper': the authors' fine-tuning protocol transferred "
                 "(RandomResizedCrop 0.08-1, flip, RandAugment n=2 m=9, random erasing 0.25, mixup/cutmix with soft "
-                "targets in both CE terms, label smoothing 0.1; learning rate 1e-5, 800 steps and the noise methods unless given)."})
+                "targets in both CE terms, label smoothing 0.1; learning rate 1e-5, 800 steps and the noise methods "
+                "unless given)."})
     normalization: str = field(default="pretrained", metadata={
         "help": "'pretrained': fine-tune and evaluate with the normalisation the model was pretrained with; "
                 "'imagenet': with ImageNet's mean/std instead (the mismatch of the paper's ViT-S/B rows)."})
@@ -488,7 +491,8 @@ def markdown_tables(table: dict[str, dict[str, Any]], reference_row: dict[str, f
     rule = "|---" * (len(COLUMNS) + 2) + "|"
     lines = ["### Methods (ε = 0.03 for the noise methods; Table 2/3 layout)", "", header, rule,
              "| Pretrained (before fine-tuning) | " + " | ".join(
-                 "–" if key == "train_seconds" else _cell((reference_row[key], 0.0), 1) for key, _ in COLUMNS) + " | – |"]
+                 "–" if key == "train_seconds" else _cell((reference_row[key], 0.0), 1) for key, _ in COLUMNS)
+             + " | – |"]
     for method in methods:
         row = table.get(f"{method}@{MAIN_EPS:g}")
         if row:

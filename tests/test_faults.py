@@ -313,7 +313,8 @@ def test_a_label_out_of_range_is_one_error_before_any_step_in_the_api(tmp_path, 
     labels[7] = bad_label
     dataset = _labelled(labels).with_transform(
         ImageClassificationTransform(ViTImageProcessor(size={"height": 16, "width": 16})))
-    trainer = NullspaceTrainer(model=make_tiny_model(**MODEL), args=_config(tmp_path / "out", remove_unused_columns=False),
+    trainer = NullspaceTrainer(model=make_tiny_model(**MODEL),
+                               args=_config(tmp_path / "out", remove_unused_columns=False),
                                train_dataset=dataset, data_collator=collate_image_classification)
     with pytest.raises(ValueError, match=rf"labels outside 0..9 \(row 7: {bad_label}"):
         trainer.train()

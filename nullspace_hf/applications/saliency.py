@@ -33,7 +33,8 @@ def attention_rollout(model: PreTrainedModel, pixel_values: torch.Tensor, residu
     with torch.no_grad(), frozen_eval(model), eager_attention(model):
         attentions = model(pixel_values=pixel_values, output_attentions=True).attentions
     if not attentions:
-        raise ValueError(f"{type(model).__name__} returned no attention weights, so attention rollout is not available.")
+        raise ValueError(f"{type(model).__name__} returned no attention weights, so attention rollout is not "
+                         "available.")
     rollout = None
     for attention in attentions:
         mixed = attention.to(torch.float32).mean(dim=1)

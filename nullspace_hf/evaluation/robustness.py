@@ -80,7 +80,7 @@ class _Predictions:
         self.parts[metric].append((predictions.cpu().numpy().astype(np.int64), labels.cpu().numpy().astype(np.int64)))
 
     def _local(self) -> dict[_Metric, tuple[np.ndarray, np.ndarray]]:
-        return {metric: (np.concatenate([p for p, _ in parts]), np.concatenate([l for _, l in parts]))
+        return {metric: (np.concatenate([p for p, _ in parts]), np.concatenate([label for _, label in parts]))
                 if parts else (_NO_LABELS, _NO_LABELS) for metric, parts in self.parts.items()}
 
     def gathered(self) -> dict[_Metric, tuple[np.ndarray, np.ndarray]]:
@@ -383,7 +383,7 @@ def _predict_released(judges: Mapping[bool, PixelSpaceClassifier], corruption_se
                 job_labels.append(torch.as_tensor(labels[chunk]))
     device = judges[False].device
     stream = prefetched(LoadReleased(corruption_set, processor), jobs, workers)
-    for (corruption, severity, _), labels, images in _progress(zip(jobs, job_labels, stream), len(jobs),
+    for (corruption, severity, _), labels, images in _progress(zip(jobs, job_labels, stream, strict=True), len(jobs),
                                                               corruption_set.describe(), progress):
         images, labels = from_8bit(images).to(device), labels.to(device)
         for is_reference, judge in judges.items():

@@ -3,9 +3,9 @@ diverse parameter-free attacks"), its standard version, through the authors' cod
 
 The standard version is the one RobustBench reports: APGD-CE (100 iterations, no restart), APGD-T (targeted
 DLR loss, 9 target classes), FAB-T (9 target classes) and Square (5,000 queries), each run on the images the
-previous ones left correctly classified. Models need at least 4 classes (APGD-T's DLR loss). ``pyautoattack`` is the authors' ``fra31/auto-attack`` as a PyPI
-package (torch only); ART's ``AutoAttack`` runs APGD-CE, APGD-DLR, DeepFool and Square and has no FAB, so it
-cannot run the standard version (``docs/evaluation.md``).
+previous ones left correctly classified. Models need at least 4 classes (APGD-T's DLR loss). ``pyautoattack`` is
+the authors' ``fra31/auto-attack`` as a PyPI package (torch only); ART's ``AutoAttack`` runs APGD-CE, APGD-DLR,
+DeepFool and Square and has no FAB, so it cannot run the standard version (``docs/evaluation.md``).
 """
 
 from __future__ import annotations
