@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
+from .processes import launched_without_accelerator
+
 NOISE_MODES = ("nullspace", "random", "none")
 NOISE_LOSSES = ("squared_l2", "l2")
 NOISY_FORWARDS = ("separate", "concat")
-
-
-def launched_without_accelerator() -> bool:
-    """True for one of several processes started together (torchrun, ``accelerate launch --multi_gpu``) on a
-    machine without GPU or other accelerator.
-
-    accelerate treats such processes as distributed only when told they run on the CPU; without it each
-    one would run the whole job alone.
-    """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 HUB_ID_RULE = ("'name' or 'user/name' of letters, digits, '-', '_' and '.', neither starting nor ending with '-' or "

@@ -4,7 +4,7 @@
 * Fig. 3 :func:`plot_regularization_sweep` — learned vs. permuted noise
   (:func:`~nullspace_hf.analysis.regularization_sweep`);
 * Fig. 4 :func:`plot_noise_dynamics` — the noise of every fine-tuning round (``trainer.noise_history``), and
-  test metrics over fine-tuning (:class:`~nullspace_hf.analysis.RoundMetricsCallback`);
+  test metrics over fine-tuning (:class:`~nullspace_hf.callbacks.RoundMetricsCallback`);
 * Fig. 5 :func:`plot_noise_combinations` — α·v and α₁v₁ + α₂v₂ (:func:`~nullspace_hf.analysis.scaling_curve`,
   :func:`~nullspace_hf.analysis.combination_grid`);
 * Fig. 6 :func:`plot_watermark` — :func:`~nullspace_hf.applications.embed_watermark` (App. E);
@@ -169,7 +169,7 @@ def plot_noise_dynamics(
         eps: ε of Eq. 5, drawn on the distance panel.
         band: the stopping band's lower end as a fraction of ε.
         round_metrics: per run (its legend name), the records of a
-            :class:`~nullspace_hf.analysis.RoundMetricsCallback` (``step`` and the metrics): a fourth panel
+            :class:`~nullspace_hf.callbacks.RoundMetricsCallback` (``step`` and the metrics): a fourth panel
             draws each of ``metric_names`` over fine-tuning steps, divided by its value at the first record,
             one line style per run.
         metric_names: the metrics of ``round_metrics`` to draw.

@@ -39,7 +39,8 @@ from transformers import AutoImageProcessor, HfArgumentParser, TrainingArguments
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.adversarial import AdversarialConfig, AdversarialTrainer
-from nullspace_hf.analysis import RoundMetricsCallback, combination_grid, noise_set, regularization_sweep, scaling_curve
+from nullspace_hf.analysis import combination_grid, noise_set, regularization_sweep, scaling_curve
+from nullspace_hf.callbacks import RoundMetricsCallback
 from nullspace_hf.data import (
     ImageClassificationTransform,
     check_image_classification_columns,

@@ -20,8 +20,8 @@ from transformers import TrainerCallback
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.checkpoint import HISTORY_FILE, NOISE_FILE
-from nullspace_hf.config import launched_without_accelerator
 from nullspace_hf.data import ImageClassificationTransform, TensorRows, collate_image_classification, digits_dataset
+from nullspace_hf.processes import launched_without_accelerator
 
 from .helpers import RECIPE, digits_tensors, hub_env, make_tiny_model, recipe_args, run_recipe
 from .hub_server import LoopbackHub

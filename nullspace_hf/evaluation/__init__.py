@@ -6,8 +6,6 @@
     print(report.to_markdown())
 """
 
-from .._deprecated import moved_names
-from ..data import load_split as load_eval_dataset
 from .attacks import (
     ATTACKS,
     DEFAULT_ATTACKS,
@@ -49,7 +47,6 @@ __all__ = [
     "corrupt_pixels",
     "corruption_error",
     "evaluate_robustness",
-    "load_eval_dataset",
     "load_metric",
     "load_ood_dataset",
     "mean_corruption_error",
@@ -57,6 +54,3 @@ __all__ = [
     "resolve_attacks",
     "resolve_corruptions",
 ]
-
-__getattr__ = moved_names(__name__, {name: "nullspace_hf.pixels"
-                                     for name in ("PixelSpaceClassifier", "PixelTransform", "images_to_pixels")})

@@ -109,7 +109,7 @@ def _process_state() -> PartialState:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from ..config import launched_without_accelerator
+    from ..processes import launched_without_accelerator
 
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or launched_without_accelerator())
 
