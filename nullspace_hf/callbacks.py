@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .errors import NullspaceError
+
 
 class EMACallback(TrainerCallback):
     """Keeps an exponential moving average of a model's floating-point weights and buffers.
@@ -69,7 +71,7 @@ class RoundMetricsCallback(TrainerCallback):
 
     def __init__(self, measure: Callable[[nn.Module], dict[str, float]], refresh_steps: int, every: int = 1):
         if refresh_steps < 1 or every < 1:
-            raise ValueError(f"refresh_steps and every must be >= 1, got {refresh_steps} and {every}.")
+            raise NullspaceError(f"refresh_steps and every must be >= 1, got {refresh_steps} and {every}.")
         self.measure, self.interval = measure, refresh_steps * every
         self.records: list[dict[str, float]] = []
         self.seconds = 0.0

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from transformers.utils import logging as hf_logging
 
 from .applications.cli import add_watermark_parser
+from .errors import NullspaceError
 from .evaluation.cli import add_evaluate_parser
 from .modeling import load_model
 from .nullspace import patch_embedding_nullspace
@@ -66,16 +67,16 @@ def _run_inspect(args: argparse.Namespace) -> None:
         from .plots import plot_nullspace_example
 
         if not args.image:
-            raise ValueError("--figure needs --image PATH: the picture to draw the nullspace noise on.")
+            raise NullspaceError("--figure needs --image PATH: the picture to draw the nullspace noise on.")
         model_name = args.models[0]
         try:
             processor = AutoImageProcessor.from_pretrained(model_name)
         except OSError as error:
-            raise ValueError(f"{model_name!r} has no image processor to prepare --image with: {error}") from error
+            raise NullspaceError(f"{model_name!r} has no image processor to prepare --image with: {error}") from error
         try:
             image = Image.open(args.image)
         except OSError as error:
-            raise ValueError(f"Could not read --image {args.image!r}: {error}") from error
+            raise NullspaceError(f"Could not read --image {args.image!r}: {error}") from error
         labels = plot_nullspace_example(
             load_model(model_name, for_classification=True), processor, image, args.figure, scale=args.scale
         )

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from .errors import NullspaceError
 from .processes import launched_without_accelerator
 
 NOISE_MODES = ("nullspace", "random", "none")
@@ -101,7 +102,7 @@ class BaseConfig(TrainingArguments):
     def __post_init__(self) -> None:
         problems = self._problems()
         if problems:
-            raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems) + ".")
+            raise NullspaceError(f"Invalid {type(self).__name__}: " + "; ".join(problems) + ".")
         if not self.use_cpu and launched_without_accelerator():
             self.use_cpu = True  # a real multi-process CPU run instead of the whole job once per process
         if self.use_cpu or not torch.accelerator.is_available():

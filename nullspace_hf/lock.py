@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from filelock import FileLock, Timeout
 from transformers.utils import logging
 
+from .errors import NullspaceError
+
 LOCK_FILE = "_run.lock"
 HOLDER_FILE = "_run.holder.json"
 
@@ -33,7 +35,7 @@ logger = logging.get_logger(__name__)
 _held: dict[str, tuple[FileLock, int]] = {}  # real path -> (lock, how many times this process holds it)
 
 
-class OutputDirBusyError(ValueError):
+class OutputDirBusyError(NullspaceError):
     """Another run holds the output directory; nothing was done."""
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from .errors import NullspaceError
+
 
 def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[Any, ...]:
     """Parse ``argv`` into the parser's dataclasses; ``--config x.yaml`` (or ``.json``) supplies defaults.
@@ -20,7 +22,8 @@ def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[An
     ``--config`` is listed in ``--help``.
 
     Raises:
-        ValueError: the file is missing, is not a mapping, or names unknown arguments.
+        NullspaceError: the file is missing, is not a mapping, or names unknown arguments; or a config
+            refuses the values given (``TrainingArguments`` checks its settings when it is built).
     """
     argv = list(argv)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
@@ -36,21 +39,27 @@ def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[An
             with open(known.config, encoding="utf-8") as handle:
                 values = yaml.safe_load(handle) or {}
         except OSError as error:
-            raise ValueError(f"Could not read --config {known.config!r}: {error}") from error
+            raise NullspaceError(f"Could not read --config {known.config!r}: {error}") from error
         if not isinstance(values, dict):
-            raise ValueError(f"--config {known.config!r} must hold a mapping of argument names to values.")
+            raise NullspaceError(f"--config {known.config!r} must hold a mapping of argument names to values.")
         accepted = {action.dest for action in parser._actions} - {"config"}
         unknown = sorted(set(values) - accepted)
         if unknown:
-            raise ValueError(f"--config {known.config!r} has unknown arguments: {', '.join(unknown)}.")
+            raise NullspaceError(f"--config {known.config!r} has unknown arguments: {', '.join(unknown)}.")
         parser.set_defaults(**values)
-    return tuple(parser.parse_args_into_dataclasses(rest))[: len(parser.dataclass_types)]
+    try:
+        return tuple(parser.parse_args_into_dataclasses(rest))[: len(parser.dataclass_types)]
+    except NullspaceError:
+        raise
+    except ValueError as error:  # a config's own check of the values given (TrainingArguments.__post_init__)
+        raise NullspaceError(str(error)) from error
 
 
-def run_command(prog: str, job: Callable[[], Any], errors: tuple[type[BaseException], ...] = (ValueError,)) -> int:
-    """Run ``job`` and return the exit status: 0, or 2 after one line ``prog: error: ...`` on stderr for ``errors``,
-    or 128 + the signal's number after one line ``prog: stopped by SIGTERM: ...`` when a stop signal ended the
-    job (:class:`~nullspace_hf.preemption.Interrupted`).
+def run_command(prog: str, job: Callable[[], Any]) -> int:
+    """Run ``job`` and return the exit status: 0; 2 after one line ``prog: error: ...`` on stderr for a user error
+    (:class:`~nullspace_hf.errors.NullspaceError`); 128 + the signal's number after one line ``prog: stopped by
+    SIGTERM: ...`` when a stop signal ended the job (:class:`~nullspace_hf.preemption.Interrupted`). Any other
+    exception, a ``ValueError`` from a bug included, propagates with its traceback.
 
     Under several processes only the main one prints. The process group, if one was opened, is closed on
     the way out: under torchrun an open gloo/NCCL group sometimes aborts the process at exit.
@@ -65,7 +74,7 @@ def run_command(prog: str, job: Callable[[], Any], errors: tuple[type[BaseExcept
         if PartialState().is_main_process:
             print(f"{prog}: {stop}", file=sys.stderr)
         return stop.exit_code
-    except errors as error:
+    except NullspaceError as error:
         if PartialState().is_main_process:
             print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

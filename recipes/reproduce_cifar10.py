@@ -47,6 +47,7 @@ from nullspace_hf.data import (
     collate_image_classification,
     load_split,
 )
+from nullspace_hf.errors import NullspaceError
 from nullspace_hf.evaluation import RobustnessReport, evaluate_robustness
 from nullspace_hf.evaluation.metrics import mean_corruption_error
 from nullspace_hf.parsing import run_command
@@ -149,19 +150,20 @@ class ReproduceArguments:
         if self.protocol == "paper":
             self._set_unless_given(PAPER_SCHEDULE)
         if self.protocol not in PROTOCOLS or self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"--protocol is one of {PROTOCOLS} and --normalization one of {NORMALIZATIONS}.")
+            raise NullspaceError(f"--protocol is one of {PROTOCOLS} and --normalization one of {NORMALIZATIONS}.")
         if self.protocol == "paper" and {"madry", "trades"} & set(self.method_list):
-            raise ValueError("--protocol paper applies to the noise methods (vanilla, random, nullspace*): drop madry "
-                             "and trades from --methods.")
+            raise NullspaceError("--protocol paper applies to the noise methods (vanilla, random, nullspace*): drop "
+                                 "madry "
+                                 "and trades from --methods.")
         if self.pretrained_dir and not (Path(self.pretrained_dir) / "config.json").is_file():
-            raise ValueError(f"--pretrained_dir {self.pretrained_dir} holds no saved model (no config.json).")
+            raise NullspaceError(f"--pretrained_dir {self.pretrained_dir} holds no saved model (no config.json).")
         unknown = sorted(set(self.method_list) - set(METHODS))
         if unknown:
-            raise ValueError(f"Unknown methods {unknown}: choose from {', '.join(METHODS)}.")
+            raise NullspaceError(f"Unknown methods {unknown}: choose from {', '.join(METHODS)}.")
         for name in ("train_file", "test_file"):
             if not Path(getattr(self, name)).exists():
-                raise ValueError(f"--{name} {getattr(self, name)} does not exist: pass a parquet file or an "
-                                 "imagefolder directory.")
+                raise NullspaceError(f"--{name} {getattr(self, name)} does not exist: pass a parquet file or an "
+                                     "imagefolder directory.")
 
     def _set_unless_given(self, values: dict[str, Any]) -> None:
         """Set each of ``values`` whose argument still has its default: flags given beside --quick or
@@ -552,16 +554,16 @@ def check_settings(args: ReproduceArguments) -> None:
         changed = [f"--{k} {recorded[k]!r} (now {current[k]!r})" for k in RUN_SETTINGS
                    if k in recorded and recorded[k] != current[k]]
         if changed:
-            raise ValueError(f"{args.output_dir} holds results made with {', '.join(changed)}: pass those values "
-                             "to add to it, or another --output_dir for a new experiment.")
+            raise NullspaceError(f"{args.output_dir} holds results made with {', '.join(changed)}: pass those values "
+                                 "to add to it, or another --output_dir for a new experiment.")
     _write_json(path, current)
 
 
 def main(args: ReproduceArguments) -> dict[str, Any]:
     """Run every stage that has no result yet; write the report. Returns the aggregated results."""
     if PartialState().num_processes > 1:
-        raise ValueError("reproduce_cifar10.py runs its many small jobs in one process: launch it without "
-                         "--num_processes (the fine-tuning recipe itself scales to several processes).")
+        raise NullspaceError("reproduce_cifar10.py runs its many small jobs in one process: launch it without "
+                             "--num_processes (the fine-tuning recipe itself scales to several processes).")
     started = time.perf_counter()
     check_settings(args)
     output = Path(args.output_dir)

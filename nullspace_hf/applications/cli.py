@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, BaseImageProcessor
 from transformers.utils import logging as hf_logging
 
+from ..errors import NullspaceError
 from ..modeling import load_model
 from ..pixels import PixelSpaceClassifier, PixelTransform, pixels_for_model
 from .watermark import embed_watermark
@@ -20,14 +21,14 @@ def _open_image(path: str, role: str) -> Image.Image:
             image.load()
             return image
     except OSError as error:
-        raise ValueError(f"Could not read {role} {path!r}: {error}") from error
+        raise NullspaceError(f"Could not read {role} {path!r}: {error}") from error
 
 
 def _load_processor(model_name: str) -> BaseImageProcessor:
     try:
         return AutoImageProcessor.from_pretrained(model_name)
     except (OSError, ValueError) as error:
-        raise ValueError(
+        raise NullspaceError(
             f"{model_name!r} has no image processor: the watermark needs its resizing and normalisation ({error})"
         ) from error
 
@@ -43,7 +44,7 @@ def run_watermark(args: argparse.Namespace) -> dict:
     try:
         marked.save(args.out)
     except (OSError, ValueError) as error:
-        raise ValueError(f"Could not write --out {args.out!r}: {error}") from error
+        raise NullspaceError(f"Could not write --out {args.out!r}: {error}") from error
     classifier = PixelSpaceClassifier(model, PixelTransform.from_processor(processor, model.config.num_channels))
     saved_logits = classifier.logits(pixels_for_model(marked, model, processor)[None])[0]
     id2label = model.config.id2label

@@ -7,6 +7,8 @@ import os
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
+from ..errors import NullspaceError
+
 if TYPE_CHECKING:
     from accelerate import PartialState
 
@@ -94,7 +96,7 @@ def _ood_sources(entries: list[str]) -> dict[str, str]:
     for entry in entries:
         name, sep, source = entry.partition("=")
         if not sep or not name or not source:
-            raise ValueError(f"--ood takes NAME=SOURCE (e.g. imagenet-r=/data/imagenet-r), got {entry!r}.")
+            raise NullspaceError(f"--ood takes NAME=SOURCE (e.g. imagenet-r=/data/imagenet-r), got {entry!r}.")
         sources[name] = source
     return sources
 
@@ -126,13 +128,13 @@ def run_evaluate(args: argparse.Namespace) -> RobustnessReport:
     if args.output:  # every process checks, so that all stop together
         check_writable(os.path.dirname(os.path.abspath(args.output)), "The folder of --output")
         if os.path.isdir(args.output):
-            raise ValueError(f"--output {args.output!r} is a directory: give a file name such as results.json.")
+            raise NullspaceError(f"--output {args.output!r} is a directory: give a file name such as results.json.")
     hf_logging.disable_progress_bar()
     attacks = build_attacks(args)
     dataset = load_split(args.dataset, args.split)
     if args.max_samples is not None:
         if args.max_samples < 1:
-            raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}.")
+            raise NullspaceError(f"--max-samples must be >= 1, got {args.max_samples}.")
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     report = evaluate_robustness(
         args.model, dataset, attacks=attacks, corruptions=args.corruptions, severities=args.severities,

@@ -42,7 +42,7 @@ from transformers.utils import logging as hf_logging
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
 from nullspace_hf.checkpoint import resolve_checkpoint
-from nullspace_hf.checks import SaveError, check_output_dir
+from nullspace_hf.checks import check_output_dir
 from nullspace_hf.data import (
     ImageClassificationTransform,
     check_image_classification_columns,
@@ -51,8 +51,9 @@ from nullspace_hf.data import (
     find_columns,
     load_image_dataset,
 )
+from nullspace_hf.errors import NullspaceError
 from nullspace_hf.evaluation import evaluate_robustness, load_metric
-from nullspace_hf.hub import RESULTS_FILE, HubPushError, check_push_settings, noise_rounds_table, push_output_dir
+from nullspace_hf.hub import RESULTS_FILE, check_push_settings, noise_rounds_table, push_output_dir
 from nullspace_hf.lock import hold_output_dir
 from nullspace_hf.modeling import check_model_source
 from nullspace_hf.parsing import parse_with_config, run_command
@@ -150,7 +151,7 @@ def _subsample(dataset, limit: float | None, seed: int):
         return dataset
     count = int(limit * len(dataset)) if limit < 1 else int(limit)
     if count < 1:
-        raise ValueError(f"max_train_samples={limit} leaves no sample of {len(dataset)}.")
+        raise NullspaceError(f"max_train_samples={limit} leaves no sample of {len(dataset)}.")
     return dataset.shuffle(seed=seed).select(range(min(count, len(dataset))))
 
 
@@ -171,17 +172,17 @@ def load_data(script_args: ScriptArguments, training_args: NullspaceConfig) -> L
     data = load_image_dataset(script_args.dataset_name, script_args.dataset_config, files, script_args.train_dir)
     for split in (script_args.train_split, script_args.eval_split):
         if split not in data:
-            raise ValueError(f"The dataset has no split {split!r}; its splits are {list(data)}. "
-                             "Pass --train_split / --eval_split.")
+            raise NullspaceError(f"The dataset has no split {split!r}; its splits are {list(data)}. "
+                                 "Pass --train_split / --eval_split.")
         if len(data[split]) == 0:
-            raise ValueError(f"The split {split!r} of the dataset is empty.")
+            raise NullspaceError(f"The split {split!r} of the dataset is empty.")
     train = data[script_args.train_split]
     image_column, label_column = find_columns(train, script_args.image_column, script_args.label_column)
     names = check_image_classification_columns(train, image_column, label_column)
     eval_names = check_image_classification_columns(data[script_args.eval_split], image_column, label_column)
     if len(eval_names) > len(names):
-        raise ValueError(f"The {script_args.eval_split!r} split has labels up to {len(eval_names) - 1}, the "
-                         f"{script_args.train_split!r} split only up to {len(names) - 1}: the classes must match.")
+        raise NullspaceError(f"The {script_args.eval_split!r} split has labels up to {len(eval_names) - 1}, the "
+                             f"{script_args.train_split!r} split only up to {len(names) - 1}: the classes must match.")
     validation = None
     if _wants_evaluation(training_args):
         if script_args.validation_split in data:
@@ -190,7 +191,7 @@ def load_data(script_args: ScriptArguments, training_args: NullspaceConfig) -> L
             validation = load_image_dataset(train_dir=script_args.validation_dir)["train"]
         else:
             if not 0 < script_args.train_val_split < 1:
-                raise ValueError(f"train_val_split must be in (0, 1), got {script_args.train_val_split}.")
+                raise NullspaceError(f"train_val_split must be in (0, 1), got {script_args.train_val_split}.")
             parts = train.train_test_split(test_size=script_args.train_val_split, seed=training_args.seed)
             train, validation = parts["train"], parts["test"]
         check_image_classification_columns(validation, image_column, label_column)
@@ -220,10 +221,10 @@ def load_model(script_args: ScriptArguments, names: list[str]):
         config = AutoConfig.from_pretrained(name, **options)
         processor = AutoImageProcessor.from_pretrained(name, **options)
     except (OSError, ValueError) as error:
-        raise ValueError(f"Could not load {name!r} with its image processor: {error}") from error
+        raise NullspaceError(f"Could not load {name!r} with its image processor: {error}") from error
     if overrides and not hasattr(config, "drop_path_rate"):
-        raise ValueError(f"--drop_path_rate: {type(config).__name__} has no drop path in transformers (no "
-                         "drop_path_rate in its config); leave it unset for this model.")
+        raise NullspaceError(f"--drop_path_rate: {type(config).__name__} has no drop path in transformers (no "
+                             "drop_path_rate in its config); leave it unset for this model.")
     if getattr(config, "num_labels", None) != len(names):
         overrides.update(num_labels=len(names), id2label=dict(enumerate(names)),
                          label2id={label: i for i, label in enumerate(names)}, ignore_mismatched_sizes=True)
@@ -239,14 +240,14 @@ def _with_lora(model, script_args: ScriptArguments):
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as error:
-        raise ValueError("--use_peft needs the peft package: pip install peft (or nullspace-hf[peft]).") from error
+        raise NullspaceError("--use_peft needs the peft package: pip install peft (or nullspace-hf[peft]).") from error
     targets = [name.strip() for name in script_args.lora_target_modules.split(",") if name.strip()]
     try:
         return get_peft_model(model, LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha,
                                                 lora_dropout=script_args.lora_dropout, target_modules=targets,
                                                 modules_to_save=["classifier"]))
     except ValueError as error:
-        raise ValueError(f"--lora_target_modules {script_args.lora_target_modules!r}: {error}") from error
+        raise NullspaceError(f"--lora_target_modules {script_args.lora_target_modules!r}: {error}") from error
 
 
 def accuracy(prediction: EvalPrediction) -> dict[str, float]:
@@ -377,8 +378,7 @@ def cli(argv: list[str]) -> int:
               "digits)" + ("; the flags given override it." if argv else "."))
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
     follow_launcher()
-    return run_command("finetune", lambda: main(*parse_with_config(make_parser(), argv)),
-                       (ValueError, HubPushError, SaveError))
+    return run_command("finetune", lambda: main(*parse_with_config(make_parser(), argv)))
 
 
 if __name__ == "__main__":
