@@ -1,4 +1,9 @@
-"""Command lines: ``HfArgumentParser`` with a ``--config`` file, and user errors as one line and exit status 2."""
+"""Command lines: ``HfArgumentParser`` with a ``--config`` file, comma-separated lists, and user errors as one line
+and exit status 2.
+
+Every command of the package writes its flags in ``--snake_case`` and its lists comma-separated
+(``--attacks fgsm,pgd``, ``--severities 1,3``), as the ``TrainingArguments`` flags are written.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,39 @@ from transformers import HfArgumentParser
 from .errors import NullspaceError
 
 
-def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[Any, ...]:
+def comma_list(text: str) -> list[str]:
+    """The items of a comma-separated list flag (``"fgsm, pgd"`` → ``["fgsm", "pgd"]``); ``none`` is the empty list."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    return [] if [item.lower() for item in items] == ["none"] else items
+
+
+def comma_ints(text: str) -> list[int]:
+    """The integers of a comma-separated list flag (``"1,3"`` → ``[1, 3]``)."""
+    try:
+        return [int(item) for item in comma_list(text)]
+    except ValueError as error:
+        raise NullspaceError(f"{text!r} is not a comma-separated list of integers (e.g. 1,3,5).") from error
+
+
+def config_given(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` names a config file (``--config FILE``, ``--config=FILE`` or a lone ``.yaml``/``.json``)."""
+    return any(arg == "--config" or arg.startswith("--config=") for arg in argv) or (
+        len(argv) == 1 and str(argv[0]).endswith((".json", ".yaml", ".yml")))
+
+
+def parse_with_config(parser: HfArgumentParser, argv: Sequence[str], *, default_config: str | None = None,
+                      return_remaining: bool = False) -> tuple[Any, ...]:
     """Parse ``argv`` into the parser's dataclasses; ``--config x.yaml`` (or ``.json``) supplies defaults.
 
     Values come, from weakest to strongest, from the dataclass defaults, the file and the command-line
     flags, so a flag always wins over the file (as in TRL's scripts). A single argument naming a
     ``.json`` or ``.yaml`` file is read as the config, as transformers' example scripts read a JSON file.
     ``--config`` is listed in ``--help``.
+
+    Args:
+        default_config: the config file read when ``argv`` names none (a job's embedded default).
+        return_remaining: also return the strings the parser does not know, in their order (the
+            ``accelerate launch`` flags of ``nullspace-hf finetune``), instead of refusing them.
 
     Raises:
         NullspaceError: the file is missing, is not a mapping, or names unknown arguments; or a config
@@ -28,6 +59,8 @@ def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[An
     argv = list(argv)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = ["--config", argv[0]]
+    if default_config is not None and not config_given(argv) and not {"-h", "--help"} & set(argv):
+        argv = ["--config", str(default_config), *argv]
     if not any(action.dest == "config" for action in parser._actions):
         parser.add_argument("--config", metavar="FILE",
                             help="YAML or JSON file of argument values; flags given beside it override them.")
@@ -48,11 +81,13 @@ def parse_with_config(parser: HfArgumentParser, argv: Sequence[str]) -> tuple[An
             raise NullspaceError(f"--config {known.config!r} has unknown arguments: {', '.join(unknown)}.")
         parser.set_defaults(**values)
     try:
-        return tuple(parser.parse_args_into_dataclasses(rest))[: len(parser.dataclass_types)]
+        parsed = tuple(parser.parse_args_into_dataclasses(rest, return_remaining_strings=return_remaining))
     except NullspaceError:
         raise
     except ValueError as error:  # a config's own check of the values given (TrainingArguments.__post_init__)
         raise NullspaceError(str(error)) from error
+    count = len(parser.dataclass_types)
+    return (*parsed[:count], parsed[-1]) if return_remaining else parsed[:count]
 
 
 def run_command(prog: str, job: Callable[[], Any]) -> int:
