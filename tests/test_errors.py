@@ -40,7 +40,7 @@ def test_a_bug_under_the_command_line_keeps_its_traceback(monkeypatch, tiny_vit_
     def broken(*args, **kwargs):
         raise ValueError("a bug inside the package")
 
-    monkeypatch.setattr("nullspace_hf.cli.inspect_models", broken)
+    monkeypatch.setattr("nullspace_hf.scripts.inspect.inspect_models", broken)
     with pytest.raises(ValueError, match="a bug inside the package"):
         main(["inspect", str(tiny_vit_dir)])
 

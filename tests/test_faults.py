@@ -154,8 +154,8 @@ def test_evaluating_a_model_with_non_finite_weights_is_one_clear_error(tmp_path)
     from transformers import ViTImageProcessor
 
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "nan-model")
-    assert nullspace_hf(["evaluate", str(tmp_path / "nan-model"), "--dataset", "digits", "--max-samples", "8",
-                         "--attacks", "none", "--corruptions", "none", "--no-progress"]) == 2
+    assert nullspace_hf(["evaluate", str(tmp_path / "nan-model"), "--dataset", "digits", "--max_samples", "8",
+                         "--attacks", "none", "--corruptions", "none", "--no_progress"]) == 2
 
 
 # ---- the Hub token is never written to disk, so never uploaded ----
@@ -478,7 +478,7 @@ def test_evaluate_output_to_an_unwritable_path_fails_before_evaluating(tmp_path,
     (tmp_path / "a-file").write_text("")
     model = ROOT / "nullspace_hf" / "scripts" / "embedded" / "vit-tiny-digits"
     status = nullspace_hf(["evaluate", str(model), "--dataset", "digits", "--attacks", "none", "--corruptions",
-                           "none", "--no-progress", "--output", str(tmp_path / "a-file" / "results.json")])
+                           "none", "--no_progress", "--output", str(tmp_path / "a-file" / "results.json")])
     captured = capsys.readouterr()
     assert status == 2 and "is not writable" in captured.err and "clean_accuracy" not in captured.out
 
@@ -493,4 +493,4 @@ def test_nullspace_hf_finetune_reports_a_bad_flag_in_one_line(tmp_path):
                             env={**hub_env("http://127.0.0.1:9", tmp_path), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        "finetune: error: Invalid NullspaceConfig: noise_eps must be a finite number, got inf."]
+        "nullspace-hf finetune: error: Invalid NullspaceConfig: noise_eps must be a finite number, got inf."]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from datasets import Dataset
-from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessor, set_seed
+from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, set_seed
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.data import (
@@ -63,6 +63,8 @@ def pretrain(train: Dataset, evaluation: Dataset, names: list[str], pretrain_arg
     Training goes through :class:`~nullspace_hf.NullspaceTrainer` (``noise_mode="none"`` unless asked
     otherwise), so the config's training augmentation (crop, flip, RandAugment, ...) applies.
     """
+    from transformers import ViTImageProcessor  # here: naming it warns when torchvision is missing
+
     set_seed(training_args.seed)
     processor = ViTImageProcessor(size={"height": pretrain_args.image_size, "width": pretrain_args.image_size})
     transform = ImageClassificationTransform(processor, pretrain_args.image_column, pretrain_args.label_column)
