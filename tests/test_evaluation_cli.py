@@ -71,7 +71,7 @@ def test_two_processes_count_each_sample_once(saved, tmp_path, capsys):
               "--severities", "2", "--batch_size", "8", "--no_progress"]
     launched = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "nullspace_hf.cli", "evaluate",
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "nullspace_hf.scripts.evaluate",
          str(saved / "model"),
          *common, "--output", str(tmp_path / "two.json")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
