@@ -29,8 +29,10 @@ def make_parser() -> argparse.ArgumentParser:
                                      "of Vision Transformers: one sub-command per job.",
                                      epilog="Flags are --snake_case and lists comma-separated in every command.")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
-    for job in (*LAUNCHED_JOBS, *IN_PROCESS_JOBS):
+    for job in LAUNCHED_JOBS:
         job.make_parser(subparsers)
+    for job in IN_PROCESS_JOBS:
+        job.make_parser(subparsers).set_defaults(func=job.main)
     return parser
 
 

@@ -32,6 +32,15 @@ def comma_ints(text: str) -> list[int]:
         raise NullspaceError(f"{text!r} is not a comma-separated list of integers (e.g. 1,3,5).") from error
 
 
+def job_parser(name: str, subparsers: argparse._SubParsersAction | None, *, help: str,
+               description: str) -> argparse.ArgumentParser:
+    """The ``argparse`` parser of the job ``name``: standalone (``python -m nullspace_hf.scripts.<name>``), or
+    registered as the sub-command ``name`` on the ``nullspace-hf`` sub-parsers."""
+    if subparsers is None:
+        return argparse.ArgumentParser(prog=name, description=description)
+    return subparsers.add_parser(name, help=help, description=description, formatter_class=argparse.HelpFormatter)
+
+
 def config_given(argv: Sequence[str]) -> bool:
     """Whether ``argv`` names a config file (``--config FILE``, ``--config=FILE`` or a lone ``.yaml``/``.json``)."""
     return any(arg == "--config" or arg.startswith("--config=") for arg in argv) or (

@@ -15,7 +15,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from nullspace_hf.errors import NullspaceError
-from nullspace_hf.parsing import comma_ints, comma_list, run_command
+from nullspace_hf.parsing import comma_ints, comma_list, job_parser, run_command
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -40,9 +40,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     description = ("Evaluate an image classifier under FGSM, PGD, CW, PatchFool and AutoAttack, common corruptions "
                    "(on the fly, or the released ImageNet-C / CIFAR-10-C) and out-of-distribution sets; print a JSON "
                    "or Markdown report. Lists are comma-separated.")
-    parser = (argparse.ArgumentParser(prog=NAME, description=description) if subparsers is None
-              else subparsers.add_parser(NAME, help=HELP, description=description,
-                                        formatter_class=argparse.HelpFormatter))
+    parser = job_parser(NAME, subparsers, help=HELP, description=description)
     parser.add_argument("model", metavar="MODEL", help="Local directory or Hub id of an image classifier.")
     parser.add_argument("--dataset", required=True,
                         help="'digits' (embedded), a save_to_disk directory, an image folder or a Hub dataset id.")
@@ -84,7 +82,6 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     parser.add_argument("--output", metavar="JSON", help="Write the report as JSON to this file.")
     parser.add_argument("--markdown", action="store_true", help="Print the report as Markdown (Table-2 layout).")
     parser.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
-    parser.set_defaults(func=main)
     return parser
 
 

@@ -16,7 +16,7 @@ from transformers.utils import logging as hf_logging
 from nullspace_hf.errors import NullspaceError
 from nullspace_hf.modeling import load_model
 from nullspace_hf.nullspace import patch_embedding_nullspace
-from nullspace_hf.parsing import comma_list, run_command
+from nullspace_hf.parsing import comma_list, job_parser, run_command
 
 NAME = "inspect"
 HELP = "Table-1 row per model: rank and nullity of the patch embedding."
@@ -98,9 +98,7 @@ def _draw_figure(model_name: str, image_path: str, figure: str, scale: float) ->
 def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
     """The job's parser; given the ``nullspace-hf`` sub-parsers, it is registered there as ``inspect``."""
     description = "Print the exact patch-embedding nullspace of each model (paper §3.1, Table 1)."
-    parser = (argparse.ArgumentParser(prog=NAME, description=description) if subparsers is None
-              else subparsers.add_parser(NAME, help=HELP, description=description,
-                                        formatter_class=argparse.HelpFormatter))
+    parser = job_parser(NAME, subparsers, help=HELP, description=description)
     parser.add_argument("models", type=comma_list, metavar="MODELS",
                         help="Local directories or Hub ids, comma-separated.")
     parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
@@ -109,7 +107,6 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     parser.add_argument("--figure", metavar="PNG", help="Draw Fig. 2 for the first model on --image.")
     parser.add_argument("--image", metavar="PATH", help="Image for --figure.")
     parser.add_argument("--scale", type=float, default=1.0, help="Std of the nullspace coefficients in --figure.")
-    parser.set_defaults(func=main)
     return parser
 
 

@@ -17,7 +17,7 @@ from transformers.utils import logging as hf_logging
 from nullspace_hf.applications.watermark import embed_watermark
 from nullspace_hf.errors import NullspaceError
 from nullspace_hf.modeling import load_model
-from nullspace_hf.parsing import run_command
+from nullspace_hf.parsing import job_parser, run_command
 from nullspace_hf.pixels import PixelSpaceClassifier, PixelTransform, pixels_for_model
 
 NAME = "watermark"
@@ -86,9 +86,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     """The job's parser; given the ``nullspace-hf`` sub-parsers, it is registered there as ``watermark``."""
     description = ("Embed LOGO in IMAGE with exact nullspace noise of MODEL's patch embedding (paper App. E, Eq. 12): "
                    "visible to people, invisible to the model. The result has the model's input size.")
-    parser = (argparse.ArgumentParser(prog=NAME, description=description) if subparsers is None
-              else subparsers.add_parser(NAME, help=HELP, description=description,
-                                        formatter_class=argparse.HelpFormatter))
+    parser = job_parser(NAME, subparsers, help=HELP, description=description)
     parser.add_argument("model", metavar="MODEL", help="Local directory or Hub id (with an image processor).")
     parser.add_argument("image", metavar="IMAGE", help="The picture to mark.")
     parser.add_argument("logo", metavar="LOGO", help="The watermark picture (resized to the model's input size).")
@@ -97,7 +95,6 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argpars
     parser.add_argument("--strength", type=float, default=1.0,
                         help="How far towards the logo to go; 1 aims at reproducing it (default 1).")
     parser.add_argument("--json", action="store_true", help="Print the summary as JSON.")
-    parser.set_defaults(func=main)
     return parser
 
 
