@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 
+from .errors import NullspaceError
+
 
 def split_launch_args(argv: Sequence[str], launch_args: Sequence[str]) -> list[str]:
     """``argv`` without ``launch_args``, an ordered subsequence of it: what the job itself is given."""
@@ -22,13 +24,21 @@ def split_launch_args(argv: Sequence[str], launch_args: Sequence[str]) -> list[s
 def launch(module: str, launch_args: Sequence[str], job_args: Sequence[str]) -> int:
     """Run ``accelerate launch [launch_args] -m module [job_args]`` in this process and return the job's exit status.
 
+    Raises:
+        NullspaceError: ``launch_args`` holds a flag that ``accelerate launch`` does not know either.
+
     ``-m`` keeps the job's folder off ``sys.path`` (its modules are named like the commands, e.g.
     ``inspect``). Each process prints its own errors; a failed job is its exit status here, not
     accelerate's ``CalledProcessError`` traceback.
     """
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    args = launch_command_parser().parse_args([*launch_args, "--module", module, *job_args])
+    parser = launch_command_parser()
+    _, unknown = parser.parse_known_args([*launch_args, "--module", module])
+    if unknown:
+        raise NullspaceError(f"Unknown flags {' '.join(unknown)}: neither the job's ({module}) nor `accelerate "
+                             "launch`'s; see --help of the command and `accelerate launch --help`.")
+    args = parser.parse_args([*launch_args, "--module", module, *job_args])
     try:
         launch_command(args)
     except subprocess.CalledProcessError as error:

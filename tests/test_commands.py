@@ -107,6 +107,16 @@ def test_a_bad_flag_stops_before_anything_is_launched(monkeypatch, capsys):
     assert capsys.readouterr().err.strip().startswith("nullspace-hf pretrain: error: Invalid NullspaceConfig")
 
 
+def test_a_flag_neither_the_job_nor_accelerate_knows_is_one_line(monkeypatch, capsys):
+    launched = _capture_launch(monkeypatch)
+    assert cli.main(["pretrain", "--lerning_rate", "0.1"]) == 2
+    assert not launched
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "nullspace-hf pretrain: error: Unknown flags --lerning_rate: neither the job's "
+        "(nullspace_hf.scripts.pretrain) nor `accelerate launch`'s; see --help of the command and `accelerate "
+        "launch --help`."]
+
+
 def test_the_exit_status_of_a_launched_job_is_the_commands(monkeypatch):
     import accelerate.commands.launch as accelerate_launch
 
