@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -47,7 +48,7 @@ def config_given(argv: Sequence[str]) -> bool:
         len(argv) == 1 and str(argv[0]).endswith((".json", ".yaml", ".yml")))
 
 
-def parse_with_config(parser: HfArgumentParser, argv: Sequence[str], *, default_config: str | None = None,
+def parse_with_config(parser: HfArgumentParser, argv: Sequence[str], *, default_config: str | Path | None = None,
                       return_remaining: bool = False) -> tuple[Any, ...]:
     """Parse ``argv`` into the parser's dataclasses; ``--config x.yaml`` (or ``.json``) supplies defaults.
 
