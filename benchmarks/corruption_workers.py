@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--severity", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)  # inherited by the forked workers

@@ -164,7 +164,7 @@ def step_times(args: argparse.Namespace, rows: TensorRows, repeats: int = 20) ->
 def peak_memory(kind: str, args: argparse.Namespace, noise: dict) -> float:
     """Median over ``--repeats`` of the peak memory of a ``--memory_steps`` training run, each in a fresh
     subprocess (bytes)."""
-    command = [sys.executable, __file__, "--memory-child", kind, "--noise", json.dumps(noise), "--model", args.model,
+    command = [sys.executable, __file__, "--memory_child", kind, "--noise", json.dumps(noise), "--model", args.model,
                "--data", args.data, "--samples", str(args.samples), "--steps", str(args.memory_steps),
                "--batch_size", str(args.batch_size), "--attn", args.attn, *(["--bf16"] if args.bf16 else []),
                *(["--torch_compile"] if args.torch_compile else [])]
@@ -222,7 +222,7 @@ def main() -> None:
                         "too (the synthesis runs uncompiled, as in NullspaceTrainer).")
     parser.add_argument("--variants", default="defaults,paper", help="Comma-separated NullspaceTrainer variants.")
     parser.add_argument("--json", help="Also write the measurements to this JSON file.")
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--memory_child", help=argparse.SUPPRESS)
     parser.add_argument("--noise", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:

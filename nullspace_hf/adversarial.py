@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from .config import BaseConfig
+from .errors import NullspaceError
 from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
 from .modeling import float_logits, frozen_eval
@@ -30,8 +31,9 @@ ADVERSARIAL_METHODS = ("madry", "trades")
 
 @dataclass
 class AdversarialConfig(BaseConfig):
-    """Training arguments of :class:`AdversarialTrainer`: ``TrainingArguments``, :class:`~nullspace_hf.config.BaseConfig`
-    (finite settings, no token in ``training_args.bin``, ``overwrite_output_dir``) and the PGD settings.
+    """Training arguments of :class:`AdversarialTrainer`: ``TrainingArguments``,
+    :class:`~nullspace_hf.config.BaseConfig` (finite settings, no token in ``training_args.bin``,
+    ``overwrite_output_dir``) and the PGD settings.
 
     Parameters:
         > The attack that makes the training examples
@@ -123,7 +125,7 @@ def pgd_perturb(
     elif start == "gaussian":
         noise = 0.001 * torch.randn_like(clean) * box.unit
     else:
-        raise ValueError(f"Unknown PGD start {start!r}: use 'uniform' or 'gaussian'.")
+        raise NullspaceError(f"Unknown PGD start {start!r}: use 'uniform' or 'gaussian'.")
     adversarial = torch.clamp(clean + noise, low, high)
     with frozen_eval(model):
         for _ in range(steps):
@@ -185,14 +187,14 @@ class AdversarialTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
     def __init__(self, model: PreTrainedModel | None = None, args: AdversarialConfig | None = None,
                  pixel_transform: PixelTransform | None = None, **kwargs: Any):
         if not isinstance(args, AdversarialConfig):
-            raise ValueError(f"AdversarialTrainer needs an AdversarialConfig as `args`, got {type(args).__name__}.")
+            raise NullspaceError(f"AdversarialTrainer needs an AdversarialConfig as `args`, got {type(args).__name__}.")
         if model is None or not isinstance(model, nn.Module):
-            raise ValueError("AdversarialTrainer needs `model`: an image-classification model instance.")
+            raise NullspaceError("AdversarialTrainer needs `model`: an image-classification model instance.")
         if pixel_transform is None:
             processor = kwargs.get("processing_class")
             if processor is None or not hasattr(processor, "rescale_factor"):
-                raise ValueError("AdversarialTrainer needs the model's image processor as `processing_class` "
-                                 "(or `pixel_transform=`) to express the pixel-space budget on its input.")
+                raise NullspaceError("AdversarialTrainer needs the model's image processor as `processing_class` "
+                                     "(or `pixel_transform=`) to express the pixel-space budget on its input.")
             pixel_transform = PixelTransform.from_processor(processor, model.config.num_channels)
         super().__init__(model=model, args=args, **kwargs)
         self.box = InputBox.from_transform(pixel_transform)

@@ -2,7 +2,7 @@
 
 - Fig. 3: :func:`regularization_sweep`: learned noise vs. the same noise with its elements permuted,
   at several strengths of Eq. 4's −λ·log‖ṽ‖ term.
-- Fig. 4: :class:`RoundMetricsCallback`: noise statistics and test metrics at each fine-tuning round.
+- Fig. 4: :class:`~nullspace_hf.callbacks.RoundMetricsCallback` records the test metrics of each round.
 - Fig. 5: :func:`scaling_curve` (α·v) and :func:`combination_grid` (α₁v₁ + α₂v₂).
 
 The figures are drawn by :mod:`nullspace_hf.plots`.
@@ -10,13 +10,11 @@ The figures are drawn by :mod:`nullspace_hf.plots`.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .noise import Batch, NoiseResult, noise_influence, synthesize_noise
 
@@ -86,40 +84,3 @@ def combination_grid(model: nn.Module, eval_batches: Sequence[Batch],
             grid[i, j] = sum(noise_influence(model, eval_batches, first * a + second * b)["mse_prob"]
                              for a, b in pairs) / len(pairs)
     return grid
-
-
-class RoundMetricsCallback(TrainerCallback):
-    """Fig. 4: at the start of every ``every``-th noise round, and at the end, record test metrics.
-
-    Args:
-        measure: maps the model to a dict of metrics (e.g. clean, FGSM and corruption accuracy).
-        refresh_steps: the trainer's ``noise_refresh_steps`` (one round).
-        every: measure every this many rounds.
-
-    Attributes:
-        records: ``{"step": ..., **metrics}`` in order; the trainer's ``noise_history`` has the noise
-            statistics of the same rounds.
-        seconds: wall time spent measuring (to leave out of training-time comparisons).
-    """
-
-    def __init__(self, measure: Callable[[nn.Module], dict[str, float]], refresh_steps: int, every: int = 1):
-        if refresh_steps < 1 or every < 1:
-            raise ValueError(f"refresh_steps and every must be >= 1, got {refresh_steps} and {every}.")
-        self.measure, self.interval = measure, refresh_steps * every
-        self.records: list[dict[str, float]] = []
-        self.seconds = 0.0
-
-    def _record(self, step: int, model: nn.Module) -> None:
-        if not self.records or self.records[-1]["step"] != step:
-            started = time.perf_counter()
-            self.records.append({"step": step, **self.measure(model)})
-            self.seconds += time.perf_counter() - started
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                       model: nn.Module | None = None, **kwargs: Any) -> None:
-        self._record(state.global_step, model)
-
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    model: nn.Module | None = None, **kwargs: Any) -> None:
-        if state.global_step % self.interval == 0 or state.global_step == state.max_steps:
-            self._record(state.global_step, model)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
 from .checks import WEIGHT_FILES, non_finite_tensors
+from .errors import NullspaceError
 
 NOISE_FILE = "nullspace_noise.safetensors"
 HISTORY_FILE = "noise_history.json"
@@ -120,8 +121,8 @@ def _read_history(path: str) -> tuple[int, list[dict[str, Any]]]:
             history = json.load(handle)
         round_index, rounds = int(history["round"]), list(history["rounds"])
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a readable noise history ({type(error).__name__}: {error}); restore it "
-                         "from a copy or resume from another checkpoint.") from error
+        raise NullspaceError(f"{path} is not a readable noise history ({type(error).__name__}: {error}); restore it "
+                             "from a copy or resume from another checkpoint.") from error
     return round_index, rounds
 
 
@@ -129,13 +130,13 @@ def _read_tensors(path: str, key: str | None) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(path)
     except (OSError, SafetensorError) as error:
-        raise ValueError(f"{path} is not a readable safetensors file ({error}); restore it from a copy or resume "
-                         "from another checkpoint.") from error
+        raise NullspaceError(f"{path} is not a readable safetensors file ({error}); restore it from a copy or resume "
+                             "from another checkpoint.") from error
     if key is not None and key not in tensors:
-        raise ValueError(f"{path} holds no tensor {key!r} (it holds {sorted(tensors)}): it was not written by "
-                         "NullspaceTrainer; restore it or resume from another checkpoint.")
+        raise NullspaceError(f"{path} holds no tensor {key!r} (it holds {sorted(tensors)}): it was not written by "
+                             "NullspaceTrainer; restore it or resume from another checkpoint.")
     if non_finite_tensors(tensors):
-        raise ValueError(f"{path} holds non-finite values (nan or inf); resume from another checkpoint.")
+        raise NullspaceError(f"{path} holds non-finite values (nan or inf); resume from another checkpoint.")
     return tensors
 
 
@@ -150,9 +151,9 @@ def _check_matches_history(noise_path: str, state: NoiseState) -> None:
         return
     norm = float(state.noise.norm())
     if abs(norm - recorded) > 1e-4 * max(abs(recorded), 1e-12):
-        raise ValueError(f"{noise_path} does not hold the noise of round {state.round} that {HISTORY_FILE} recorded "
-                         f"(norm {norm:.6g}, recorded {recorded:.6g}): the file was changed or mixed up with another "
-                         "checkpoint's. Restore it or resume from another checkpoint.")
+        raise NullspaceError(f"{noise_path} does not hold the noise of round {state.round} that {HISTORY_FILE} "
+                             f"recorded (norm {norm:.6g}, recorded {recorded:.6g}): the file was changed or mixed up "
+                             "with another checkpoint's. Restore it or resume from another checkpoint.")
 
 
 def load_noise_state(checkpoint: str, noise_mode: str, with_ema: bool) -> NoiseState:
@@ -172,7 +173,7 @@ def load_noise_state(checkpoint: str, noise_mode: str, with_ema: bool) -> NoiseS
         state.noise = _read_tensors(noise_path, "noise")["noise"]
         _check_matches_history(noise_path, state)
     elif noise_mode != "none" and state.round >= 0:
-        raise ValueError(
+        raise NullspaceError(
             f"{checkpoint} is in noise round {state.round} ({HISTORY_FILE}) but has no {NOISE_FILE}: resuming would "
             "continue the round without its noise. Restore the file or resume from another checkpoint."
         )
@@ -192,9 +193,9 @@ def _newest_complete(output_dir: str) -> str:
                            + (f"; skipped the incomplete {', '.join(skipped)}." if skipped else "."))
             return path
         skipped.append(f"{os.path.basename(path)} ({reason})")
-    raise ValueError(f"resume_from_checkpoint=true, but {output_dir} holds no checkpoint-* folder to resume from"
-                     + (f" (incomplete: {', '.join(skipped)})" if skipped else "")
-                     + ": give the checkpoint's path, or start without resume_from_checkpoint.")
+    raise NullspaceError(f"resume_from_checkpoint=true, but {output_dir} holds no checkpoint-* folder to resume from"
+                         + (f" (incomplete: {', '.join(skipped)})" if skipped else "")
+                         + ": give the checkpoint's path, or start without resume_from_checkpoint.")
 
 
 def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str, noise_mode: str,
@@ -215,19 +216,19 @@ def resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: st
     else:
         path = str(resume_from_checkpoint)
     if not os.path.isdir(path):
-        raise ValueError(f"resume_from_checkpoint={path!r} is not a directory: give a checkpoint-* folder written "
-                         "by an earlier run (or true for the latest one in output_dir).")
+        raise NullspaceError(f"resume_from_checkpoint={path!r} is not a directory: give a checkpoint-* folder written "
+                             "by an earlier run (or true for the latest one in output_dir).")
     reason = incomplete_reason(path)
     name = os.path.basename(os.path.normpath(path))
     if reason is not None and (CHECKPOINT_NAME.match(name) or name.startswith(STAGING_PREFIX)):
         newest = last_complete_checkpoint(os.path.dirname(os.path.normpath(path)))
-        raise ValueError(f"{path} is an incomplete checkpoint ({reason}: its save was cut short); resume from "
-                         + (f"{newest}, the newest complete one" if newest else "an earlier run's checkpoint")
-                         + ", or pass resume_from_checkpoint=true to take the newest complete one.")
+        raise NullspaceError(f"{path} is an incomplete checkpoint ({reason}: its save was cut short); resume from "
+                             + (f"{newest}, the newest complete one" if newest else "an earlier run's checkpoint")
+                             + ", or pass resume_from_checkpoint=true to take the newest complete one.")
     if reason is not None and reason.startswith("no model weights"):
-        raise ValueError(f"{path} holds no model weights ({WEIGHT_FILES[0]}): it is not a training checkpoint.")
+        raise NullspaceError(f"{path} holds no model weights ({WEIGHT_FILES[0]}): it is not a training checkpoint.")
     if reason is not None:
-        raise ValueError(f"{path} has {reason}: it is a saved model, not a training checkpoint; "
-                         "fine-tune from it with model_name_or_path instead.")
+        raise NullspaceError(f"{path} has {reason}: it is a saved model, not a training checkpoint; "
+                             "fine-tune from it with model_name_or_path instead.")
     load_noise_state(path, noise_mode, with_ema)
     return path

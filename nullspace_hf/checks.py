@@ -16,6 +16,8 @@ from glob import escape, glob
 import torch
 from torch import nn
 
+from .errors import NullspaceError
+
 # Files holding a model's weights (a full model, a sharded one, an adapter).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
 # Files whose presence means an output directory holds an earlier run's results.
@@ -25,17 +27,18 @@ RUN_FILES = (*WEIGHT_FILES, "trainer_state.json", "results.json", "training_args
 # errno of a failed write, in words for the one-line error
 WRITE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                errno.EPERM: "permission denied", errno.EIO: "an input/output error", errno.EFBIG: "the file is too large"}
+                errno.EPERM: "permission denied", errno.EIO: "an input/output error",
+                errno.EFBIG: "the file is too large"}
 # what torch.save (its zip writer) and safetensors say when a write fails, without an errno
 WRITE_FAILURE_TEXTS = ("inline_container", "unexpected pos", "file write failed", "IoError")
 LOW_SPACE = 1 << 20  # bytes: less than this free after a failed write means the disk is full
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(NullspaceError):
     """A loss, noise or weight is nan or inf; nothing non-finite was saved."""
 
 
-class SaveError(RuntimeError):
+class SaveError(NullspaceError):
     """A checkpoint or model could not be written (disk full, read-only, quota); nothing earlier was removed."""
 
 
@@ -101,8 +104,8 @@ def check_writable(directory: str, what: str) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
-        raise ValueError(f"{what} {directory!r} is not writable ({error.strerror or error}): choose another "
-                         "directory.") from error
+        raise NullspaceError(f"{what} {directory!r} is not writable ({error.strerror or error}): choose another "
+                             "directory.") from error
 
 
 def earlier_run(output_dir: str) -> list[str]:
@@ -125,7 +128,7 @@ def check_output_dir(output_dir: str, *, overwrite: bool, resuming: bool) -> Non
         found = earlier_run(output_dir)
         if found:
             shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-            raise ValueError(
+            raise NullspaceError(
                 f"output_dir {output_dir!r} already holds a run ({shown}); it would be overwritten. Pass "
                 "--overwrite_output_dir true (overwrite_output_dir=True) to replace it, --resume_from_checkpoint "
                 "to continue it, or another --output_dir."

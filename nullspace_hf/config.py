@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
+from .errors import NullspaceError
+from .processes import launched_without_accelerator
+
 NOISE_MODES = ("nullspace", "random", "none")
 NOISE_LOSSES = ("squared_l2", "l2")
 NOISY_FORWARDS = ("separate", "concat")
-
-
-def launched_without_accelerator() -> bool:
-    """True for one of several processes started together (torchrun, ``accelerate launch --multi_gpu``) on a
-    machine without GPU or other accelerator.
-
-    accelerate treats such processes as distributed only when told they run on the CPU; without it each
-    one would run the whole job alone.
-    """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 HUB_ID_RULE = ("'name' or 'user/name' of letters, digits, '-', '_' and '.', neither starting nor ending with '-' or "
@@ -71,7 +63,8 @@ class BaseConfig(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an output_dir that holds an earlier run (its checkpoints, model, results), "
-                          "replacing it. Without it such an output_dir is refused unless resume_from_checkpoint is set."},
+                          "replacing it. Without it such an output_dir is refused unless resume_from_checkpoint is "
+                          "set."},
     )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -109,7 +102,7 @@ class BaseConfig(TrainingArguments):
     def __post_init__(self) -> None:
         problems = self._problems()
         if problems:
-            raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems) + ".")
+            raise NullspaceError(f"Invalid {type(self).__name__}: " + "; ".join(problems) + ".")
         if not self.use_cpu and launched_without_accelerator():
             self.use_cpu = True  # a real multi-process CPU run instead of the whole job once per process
         if self.use_cpu or not torch.accelerator.is_available():
@@ -121,8 +114,8 @@ class BaseConfig(TrainingArguments):
 class NullspaceConfig(BaseConfig):
     """Training arguments of :class:`~nullspace_hf.NullspaceTrainer`.
 
-    Every ``transformers.TrainingArguments`` and :class:`BaseConfig` field is accepted; the fields below configure the noise
-    synthesis and the augmented loss of Algorithm 1 (paper App. C). Defaults are the paper's except
+    Every ``transformers.TrainingArguments`` and :class:`BaseConfig` field is accepted; the fields below configure the
+    noise synthesis and the augmented loss of Algorithm 1 (paper App. C). Defaults are the paper's except
     the synthesis schedule, chosen by ``benchmarks/matrix.py`` on nine models with 16–256 patch tokens
     (docs/benchmarks.md, issue 22): round 0 runs the token-scaled descent (``noise_token_lr``) from the
     paper's U(−3, 3) for at most 200 gradient steps and ends with about the norm of the paper's own search;
@@ -280,7 +273,8 @@ class NullspaceConfig(BaseConfig):
                           "terms of Eq. 6 (the authors: 1.0; 0 = off). label_smoothing_factor smooths the targets."},
     )
     mixup_switch_prob: float = field(
-        default=0.5, metadata={"help": "Share of the mixed batches that use cutmix instead of mixup (the authors: 0.5)."}
+        default=0.5,
+        metadata={"help": "Share of the mixed batches that use cutmix instead of mixup (the authors: 0.5)."}
     )
 
     def _problems(self) -> list[str]:
@@ -291,7 +285,8 @@ class NullspaceConfig(BaseConfig):
             problems.append(f"noise_loss={self.noise_loss!r} is not one of {', '.join(NOISE_LOSSES)}")
         if self.noisy_forward not in NOISY_FORWARDS:
             problems.append(f"noisy_forward={self.noisy_forward!r} is not one of {', '.join(NOISY_FORWARDS)}")
-        for name in ("noise_eps", "noise_lr", "noise_warm_lr", "noise_init_limit", "noise_refresh_steps", "noise_warm_start_scale"):
+        for name in ("noise_eps", "noise_lr", "noise_warm_lr", "noise_init_limit", "noise_refresh_steps",
+                     "noise_warm_start_scale"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("noise_max_steps", "noise_warm_max_steps", "noisy_loss_weight", "noise_log_norm_weight",

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_from_disk
 
+from .errors import NullspaceError
+
 DATA_FILE_BUILDERS = {"parquet": "parquet", "csv": "csv", "json": "json", "jsonl": "json", "arrow": "arrow"}
 
 
@@ -78,7 +80,7 @@ def load_image_dataset(
     sources = [name for name, value in
                (("dataset_name", dataset_name), ("data_files", data_files), ("train_dir", train_dir)) if value]
     if len(sources) > 1:
-        raise ValueError(f"Give one dataset source, not {' and '.join(sources)}.")
+        raise NullspaceError(f"Give one dataset source, not {' and '.join(sources)}.")
     if not sources or dataset_name == "digits":
         return digits_dataset()
     if dataset_name and os.path.isdir(dataset_name):
@@ -87,8 +89,8 @@ def load_image_dataset(
         dataset_name, data_files = None, dataset_name
     elif dataset_name and (os.path.exists(dataset_name) or dataset_name.startswith((os.sep, ".", "~"))):
         problem = "is a file of unknown format" if os.path.exists(dataset_name) else "does not exist"
-        raise ValueError(f"Could not load the dataset {dataset_name!r}: it {problem}; give a dataset directory, an "
-                         "image folder, a .parquet/.csv/.json/.arrow file or a Hub id.")
+        raise NullspaceError(f"Could not load the dataset {dataset_name!r}: it {problem}; give a dataset directory, an "
+                             "image folder, a .parquet/.csv/.json/.arrow file or a Hub id.")
     try:
         if dataset_name and os.path.isdir(dataset_name):
             loaded = load_from_disk(dataset_name)
@@ -100,13 +102,14 @@ def load_image_dataset(
             first = first[0] if isinstance(first, list) else first
             builder = _builder(first)
             if builder is None:
-                raise ValueError(f"cannot tell the format of {first!r}: use .parquet, .csv, .json(l) or .arrow files")
+                raise NullspaceError(f"cannot tell the format of {first!r}: use .parquet, .csv, .json(l) or .arrow "
+                                     "files")
             loaded = load_dataset(builder, data_files=files)
         else:
             loaded = load_dataset(dataset_name, dataset_config)
     except Exception as error:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
         source = train_dir or data_files or dataset_name
-        raise ValueError(f"Could not load the dataset {source!r}: {type(error).__name__}: {error}") from error
+        raise NullspaceError(f"Could not load the dataset {source!r}: {type(error).__name__}: {error}") from error
     if not isinstance(loaded, DatasetDict):
         loaded = DatasetDict({"train": loaded})
     return loaded
@@ -126,7 +129,7 @@ def load_split(name_or_path: str, split: str = "test") -> Dataset:
         return loaded[split]
     if len(loaded) == 1:
         return next(iter(loaded.values()))
-    raise ValueError(f"{name_or_path!r} has no split {split!r}: choose from {', '.join(loaded)}.")
+    raise NullspaceError(f"{name_or_path!r} has no split {split!r}: choose from {', '.join(loaded)}.")
 
 
 def find_columns(dataset: Dataset, image_column: str | None = None, label_column: str | None = None) -> tuple[str, str]:
@@ -141,8 +144,8 @@ def find_columns(dataset: Dataset, image_column: str | None = None, label_column
     def pick(given: str | None, names: tuple[str, ...], kind: type, what: str) -> str:
         if given is not None:
             if given not in features:
-                raise ValueError(f"The dataset has no {what} column {given!r}; its columns are {list(features)}. "
-                                 f"Pass --{what}_column with the right name.")
+                raise NullspaceError(f"The dataset has no {what} column {given!r}; its columns are {list(features)}. "
+                                     f"Pass --{what}_column with the right name.")
             return given
         for name in names:
             if name in features:
@@ -150,8 +153,8 @@ def find_columns(dataset: Dataset, image_column: str | None = None, label_column
         for name, feature in features.items():
             if isinstance(feature, kind):
                 return name
-        raise ValueError(f"No {what} column found among {', '.join(features) or 'no columns'}: "
-                         f"name it with {what}_column=.")
+        raise NullspaceError(f"No {what} column found among {', '.join(features) or 'no columns'}: "
+                             f"name it with {what}_column=.")
 
     return (pick(image_column, ("image", "img", "pixel_values"), Image, "image"),
             pick(label_column, ("label", "labels"), ClassLabel, "label"))
@@ -181,7 +184,7 @@ def check_image_classification_columns(dataset: Dataset, image_column: str, labe
 
     image_column, label_column = find_columns(dataset, image_column, label_column)
     if not isinstance(dataset.features[image_column], Image):
-        raise ValueError(
+        raise NullspaceError(
             f"Column {image_column!r} holds {dataset.features[image_column]}, not images: pass --image_column with "
             "the column of datasets.Image type."
         )
@@ -191,7 +194,7 @@ def check_image_classification_columns(dataset: Dataset, image_column: str, labe
     elif isinstance(label_feature, Value) and label_feature.dtype.startswith("int"):
         names = [str(i) for i in range(int(max(dataset[label_column], default=-1)) + 1)]
     else:
-        raise ValueError(
+        raise NullspaceError(
             f"Column {label_column!r} holds {label_feature}, not class indices: pass --label_column with an integer "
             "or ClassLabel column."
         )
@@ -220,7 +223,7 @@ def check_label_range(dataset: Dataset, num_classes: int, label_column: str | No
     bad = np.flatnonzero((values < 0) | (values >= num_classes))
     if bad.size:
         row = int(bad[0])
-        raise ValueError(
+        raise NullspaceError(
             f"Column {column!r} has {bad.size} labels outside 0..{num_classes - 1} (row {row}: {values[row]}"
             + ("; -1 marks an unlabelled sample" if values[row] == -1 else "")
             + "): drop those rows (dataset.filter) or give a model with as many classes."
@@ -251,8 +254,8 @@ def check_images(dataset: Dataset, image_column: str) -> None:
         except (OSError, ValueError, TypeError):
             bad.append(_image_name(value, row))
     if bad:
-        raise ValueError(f"{len(bad)} images of column {image_column!r} cannot be read: {', '.join(bad[:5])}"
-                         + (", ..." if len(bad) > 5 else "") + ". Remove or replace them.")
+        raise NullspaceError(f"{len(bad)} images of column {image_column!r} cannot be read: {', '.join(bad[:5])}"
+                             + (", ..." if len(bad) > 5 else "") + ". Remove or replace them.")
 
 
 class ImageClassificationTransform:
@@ -272,8 +275,9 @@ class ImageClassificationTransform:
 
     def __call__(self, batch: dict) -> dict:
         if self.image_column not in batch:
-            raise ValueError(f"The batch has no image column {self.image_column!r} (it has {sorted(batch)}); with a "
-                             "Trainer, set remove_unused_columns=False so that it keeps the image column.")
+            raise NullspaceError(f"The batch has no image column {self.image_column!r} (it has {sorted(batch)}); with "
+                                 "a "
+                                 "Trainer, set remove_unused_columns=False so that it keeps the image column.")
         images = [self._decode(image).convert(self.mode) for image in batch[self.image_column]]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixel_values, "labels": batch[self.label_column]}
@@ -287,7 +291,8 @@ class ImageClassificationTransform:
             decoded = Image().decode_example(image)
             decoded.load()
         except (OSError, ValueError) as error:
-            raise ValueError(f"Image {image.get('path') or '(in-memory bytes)'} cannot be decoded: {error}") from error
+            name = image.get("path") or "(in-memory bytes)"
+            raise NullspaceError(f"Image {name} cannot be decoded: {error}") from error
         return decoded
 
 

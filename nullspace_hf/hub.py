@@ -10,6 +10,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .checkpoint import STAGING_PREFIX
+from .errors import NullspaceError
 from .lock import HOLDER_FILE, LOCK_FILE
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
@@ -61,7 +62,8 @@ def noise_rounds_table(noise_history: list[dict[str, Any]]) -> str:
     lines = ["| round | step | start mse_prob | final mse_prob | gradient steps | forward-only passes | noise norm "
              "| budget used up |", "|---|---|---|---|---|---|---|---|"]
     for r in noise_history:
-        lines.append(f"| {r['round']} | {r['step']} | {r.get('start_mse_prob', float('nan')):.3g} | {r['mse_prob']:.4f} "
+        lines.append(f"| {r['round']} | {r['step']} | {r.get('start_mse_prob', float('nan')):.3g} | "
+                     f"{r['mse_prob']:.4f} "
                      f"| {r['steps']} | {r.get('forward_steps', 0)} | {r['norm']:.3f} | "
                      f"{'yes' if r.get('budget_hit') else 'no'} |")
     return "\n".join(lines)
@@ -174,7 +176,8 @@ def build_model_card(
         for metric, value in after["summary"].items():
             conditions = details.get(metric)
             eval_results.append(EvalResult(
-                task_type="image-classification", dataset_type=_hub_id(dataset_id) or dataset_name or after.get("dataset", "unknown"),
+                task_type="image-classification",
+                dataset_type=_hub_id(dataset_id) or dataset_name or after.get("dataset", "unknown"),
                 dataset_name=dataset_name or after.get("dataset", "unknown"), dataset_split="test",
                 metric_type="accuracy", metric_name=SUMMARY_METRICS.get(metric, f"{metric.upper()} accuracy"),
                 metric_value=round(float(value), 4),
@@ -242,7 +245,7 @@ class ModelCardMixin:
         card.save(os.path.join(output_dir, "README.md"))
 
 
-class HubPushError(RuntimeError):
+class HubPushError(NullspaceError):
     """The Hub could not be reached or refused a push; the local output is complete."""
 
 
@@ -257,14 +260,14 @@ def check_push_settings(repo_id: str, token: str | None) -> None:
     from .config import HUB_ID_RULE, valid_hub_id
 
     if not valid_hub_id(repo_id):
-        raise ValueError(f"The model would be pushed to {repo_id!r}, which is not a valid Hub repository id: pass "
-                         f"--hub_model_id (hub_model_id=...) with {HUB_ID_RULE}.")
+        raise NullspaceError(f"The model would be pushed to {repo_id!r}, which is not a valid Hub repository id: pass "
+                             f"--hub_model_id (hub_model_id=...) with {HUB_ID_RULE}.")
     if constants.is_offline_mode():
-        raise ValueError("push_to_hub is set but HF_HUB_OFFLINE=1 switches the Hub off: unset HF_HUB_OFFLINE, or "
-                         "push later with `hf upload`.")
+        raise NullspaceError("push_to_hub is set but HF_HUB_OFFLINE=1 switches the Hub off: unset HF_HUB_OFFLINE, or "
+                             "push later with `hf upload`.")
     if not (token or get_token()):
-        raise ValueError("push_to_hub is set but no Hub token is found: run `hf auth login`, set HF_TOKEN, or pass "
-                         "--hub_token (a token with write access).")
+        raise NullspaceError("push_to_hub is set but no Hub token is found: run `hf auth login`, set HF_TOKEN, or pass "
+                             "--hub_token (a token with write access).")
 
 
 def retry_command(output_dir: str, repo_id: str, *, private: bool | None = None, revision: str | None = None) -> str:

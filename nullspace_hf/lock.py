@@ -4,8 +4,8 @@ The lock is an operating-system file lock (``filelock``) on ``output_dir/_run.lo
 releases it when its process ends, however it ends, so a killed run never leaves ``output_dir``
 locked. Beside it, ``output_dir/_run.holder.json`` names the holder (host, pid, start time, command)
 for the error a second run gets. A run that ends removes both; a holder file left by a run that was
-killed is reported when the next run takes the lock over. Both names start with ``_``, which ``Trainer.push_to_hub`` never uploads
-(and :data:`~nullspace_hf.hub.PUSH_EXCLUDE` names them for ``hf upload``).
+killed is reported when the next run takes the lock over. Both names start with ``_``, which
+``Trainer.push_to_hub`` never uploads (and :data:`~nullspace_hf.hub.PUSH_EXCLUDE` names them for ``hf upload``).
 
 Within one process the lock is re-entrant (the recipe holds it for the whole job, its trainer's
 ``train`` takes it again); under several processes the main process takes it and every process gets
@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from filelock import FileLock, Timeout
 from transformers.utils import logging
 
+from .errors import NullspaceError
+
 LOCK_FILE = "_run.lock"
 HOLDER_FILE = "_run.holder.json"
 
@@ -33,7 +35,7 @@ logger = logging.get_logger(__name__)
 _held: dict[str, tuple[FileLock, int]] = {}  # real path -> (lock, how many times this process holds it)
 
 
-class OutputDirBusyError(ValueError):
+class OutputDirBusyError(NullspaceError):
     """Another run holds the output directory; nothing was done."""
 
 

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedModel
 
+from .errors import NullspaceError
+
 _PATCH_EMBEDDING_NAMES = ("embeddings", "patch_embed")
 
 
@@ -94,7 +96,7 @@ def patch_embedding(model: nn.Module) -> PatchEmbedding:
         projection = _first_patch_conv(module) if name.rsplit(".", 1)[-1] in _PATCH_EMBEDDING_NAMES else None
         if projection is not None:
             return PatchEmbedding(projection, projection, "channels_first")
-    raise ValueError(
+    raise NullspaceError(
         f"{type(model).__name__} has no patch embedding: neither `get_input_embeddings()` nor a submodule named "
         f"{' or '.join(_PATCH_EMBEDDING_NAMES)} holds a Conv2d whose stride equals its kernel size (without padding). "
         "nullspace_hf works with ViT-family image models: ViT, DeiT, BEiT, Dinov2, ViT-MSN, Data2VecVision, "
@@ -120,9 +122,10 @@ def check_model_source(name_or_path: str) -> None:
     """
     looks_like_path = name_or_path.startswith((os.sep, ".", "~")) or name_or_path.count("/") > 1
     if looks_like_path and not os.path.exists(name_or_path):
-        raise ValueError(f"{name_or_path!r} does not exist: give a model directory or a Hub id such as 'user/name'.")
+        raise NullspaceError(f"{name_or_path!r} does not exist: give a model directory or a Hub id such as "
+                             "'user/name'.")
     if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
-        raise ValueError(f"{name_or_path!r} is a directory without a config.json: it holds no saved model.")
+        raise NullspaceError(f"{name_or_path!r} is a directory without a config.json: it holds no saved model.")
 
 
 def load_model(name_or_path: str, *, for_classification: bool = False) -> PreTrainedModel:
@@ -146,7 +149,7 @@ def load_model(name_or_path: str, *, for_classification: bool = False) -> PreTra
         auto = AutoModelForImageClassification if for_classification else saved_as or AutoModel
         return auto.from_pretrained(name_or_path, config=config)
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"Could not load a model from {name_or_path!r}: {error}") from error
+        raise NullspaceError(f"Could not load a model from {name_or_path!r}: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,8 @@ def patch_grid(model: nn.Module, pixel_values: torch.Tensor) -> PatchGrid:
         ValueError: ``pixel_values`` is not a 4-d batch, or the model has no patch embedding.
     """
     if pixel_values.ndim != 4:
-        raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor, got {tuple(pixel_values.shape)}.")
+        raise NullspaceError("pixel_values must be a (batch, channels, height, width) tensor, got "
+                             f"{tuple(pixel_values.shape)}.")
     patch_h, patch_w = patch_projection(model).kernel_size
     return PatchGrid.for_image((patch_h, patch_w), *pixel_values.shape[-2:])
 

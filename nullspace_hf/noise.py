@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import NullspaceError
 from .modeling import float_logits, frozen_eval, patch_embedding
 
 Batch = Mapping[str, Any] | torch.Tensor
@@ -58,7 +59,7 @@ class NoiseInjector:
         if self.noise is None:
             return output
         if self.noise.shape != self.output_shape:
-            raise ValueError(
+            raise NullspaceError(
                 f"The noise has shape {tuple(self.noise.shape)} but the patch embeddings have shape "
                 f"{tuple(self.output_shape)} (num_patches, hidden): images of another size than the noise was "
                 "made for?"
@@ -179,9 +180,9 @@ def boundary_scale(
         and the smallest one seen outside it for ``"outside"``.
     """
     if side not in ("inside", "outside"):
-        raise ValueError(f"side must be 'inside' or 'outside', got {side!r}.")
+        raise NullspaceError(f"side must be 'inside' or 'outside', got {side!r}.")
     if not 0 < band < 1 or not eps > 0:
-        raise ValueError(f"boundary_scale needs eps > 0 and 0 < band < 1, got eps={eps!r}, band={band!r}.")
+        raise NullspaceError(f"boundary_scale needs eps > 0 and 0 < band < 1, got eps={eps!r}, band={band!r}.")
     low, high = (band * eps, eps) if side == "inside" else (eps, eps / band)
     target = math.sqrt(low * high)
     forwards = 0
@@ -278,7 +279,7 @@ def _cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
             empty = False
             yield batch
         if empty:
-            raise ValueError("The batches for noise synthesis are empty: give at least one batch of images.")
+            raise NullspaceError("The batches for noise synthesis are empty: give at least one batch of images.")
 
 
 def _with_clean_logits(
@@ -411,13 +412,13 @@ def synthesize_noise(
             paper's element-wise descent).
     """
     if reuse_batches < 0:
-        raise ValueError(f"reuse_batches must be >= 0, got {reuse_batches}.")
+        raise NullspaceError(f"reuse_batches must be >= 0, got {reuse_batches}.")
     if not token_lr >= 0:
-        raise ValueError(f"token_lr must be >= 0, got {token_lr!r}.")
+        raise NullspaceError(f"token_lr must be >= 0, got {token_lr!r}.")
     if loss not in ("squared_l2", "l2"):
-        raise ValueError(f"Unknown noise loss {loss!r}: use 'squared_l2' or 'l2'.")
+        raise NullspaceError(f"Unknown noise loss {loss!r}: use 'squared_l2' or 'l2'.")
     if band is not None and not (0 < band < 1 and eps > 0):
-        raise ValueError(f"band must be in (0, 1) with eps > 0 (or band=None), got band={band!r}, eps={eps!r}.")
+        raise NullspaceError(f"band must be in (0, 1) with eps > 0 (or band=None), got band={band!r}, eps={eps!r}.")
     device = _model_device(model)
     with NoiseInjector(model) as injector, frozen_eval(model):
         pairs = _with_clean_logits(model, batches, device, reuse_batches)
@@ -550,5 +551,5 @@ def noise_influence(model: nn.Module, batches: Iterable[Batch], noise: torch.Ten
             distances.append(probability_distance(clean, noisy))
             matches.append((clean.argmax(-1) == noisy.argmax(-1)).float())
     if not distances:
-        raise ValueError("noise_influence got no batches: give at least one batch of images.")
+        raise NullspaceError("noise_influence got no batches: give at least one batch of images.")
     return {"mse_prob": _global_mean(torch.cat(distances)), "match_rate": _global_mean(torch.cat(matches))}

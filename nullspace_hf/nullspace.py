@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import NullspaceError
 from .modeling import PatchGrid, patch_projection
 from .pixels import PixelTransform
 
@@ -64,7 +65,7 @@ class PatchNullspace:
         grid = PatchGrid.for_image(self.patch_size, *image_size)
         if not grid.tiles(*image_size):
             patch_h, patch_w = self.patch_size
-            raise ValueError(
+            raise NullspaceError(
                 f"Image size {image_size[0]}×{image_size[1]} is not a multiple of the patch size {patch_h}×{patch_w}; "
                 f"resize or crop the images to a multiple of the patch size."
             )
@@ -73,7 +74,7 @@ class PatchNullspace:
     def to_patches(self, images: torch.Tensor) -> torch.Tensor:
         """Split ``(B, c, H, W)`` images into ``(B, H/r_h, W/r_w, c·r_h·r_w)`` flattened patches."""
         if images.ndim != 4 or images.shape[1] != self.num_channels:
-            raise ValueError(
+            raise NullspaceError(
                 f"Expected images of shape (batch, {self.num_channels}, height, width), got {tuple(images.shape)}."
             )
         batch, channels, height, width = images.shape
@@ -93,7 +94,7 @@ class PatchNullspace:
 
     def _require_nullspace(self) -> None:
         if self.nullity == 0:
-            raise ValueError(
+            raise NullspaceError(
                 f"The patch embedding has an empty nullspace (rank {self.rank} = c·r² = {self.patch_dim}): "
                 "there is no exact nullspace noise for this model."
             )
@@ -162,8 +163,8 @@ class PatchNullspace:
             ValueError: ``transform`` is for another number of channels.
         """
         if len(transform.mean) != self.num_channels:
-            raise ValueError(f"The pixel transform has {len(transform.mean)} channels, the patch embedding "
-                             f"{self.num_channels}.")
+            raise NullspaceError(f"The pixel transform has {len(transform.mean)} channels, the patch embedding "
+                                 f"{self.num_channels}.")
         patch_h, patch_w = self.patch_size
         scale = transform.affine()[0].repeat_interleave(patch_h * patch_w)
         q, _ = torch.linalg.qr((self.basis / scale).T, mode="complete")

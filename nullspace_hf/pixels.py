@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .errors import NullspaceError
 from .modeling import frozen_eval
 
 
@@ -70,7 +71,7 @@ class PixelTransform:
             mean = _per_channel(processor.image_mean, num_channels)
             std = _per_channel(processor.image_std, num_channels)
             if mean is None or std is None:
-                raise ValueError(
+                raise NullspaceError(
                     f"The image processor normalises with image_mean={processor.image_mean} and "
                     f"image_std={processor.image_std}, but the model takes {num_channels}-channel images: "
                     "pass an image processor made for this model."
@@ -228,15 +229,16 @@ def pixels_for_model(image: Image.Image | torch.Tensor, model: nn.Module, proces
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(array))
     if not isinstance(image, torch.Tensor):
-        raise ValueError(f"{name} must be a PIL image or a (channels, height, width) tensor, got {type(image).__name__}.")
+        raise NullspaceError(f"{name} must be a PIL image or a (channels, height, width) tensor, got "
+                             f"{type(image).__name__}.")
     if image.ndim != 3 or image.shape[0] != num_channels:
-        raise ValueError(
+        raise NullspaceError(
             f"{name} must be a ({num_channels}, height, width) tensor for this {num_channels}-channel model, "
             f"got shape {tuple(image.shape)}."
         )
     pixels = image.detach().to(device="cpu", dtype=torch.float64)
     if not torch.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
-        raise ValueError(f"{name} must hold pixel values in [0, 1]; rescale it (e.g. divide 8-bit values by 255).")
+        raise NullspaceError(f"{name} must hold pixel values in [0, 1]; rescale it (e.g. divide 8-bit values by 255).")
     return pixels
 
 
@@ -281,10 +283,10 @@ def check_model_input(model: nn.Module, pixels: torch.Tensor, transform: PixelTr
                 problem = f"{height}×{width} images, but the model takes {expected_size[0]}×{expected_size[1]}"
         else:
             if getattr(output, "logits", None) is None:
-                raise ValueError(f"{type(model).__name__} gives no logits: load the model for image classification "
-                                 "(AutoModelForImageClassification).")
+                raise NullspaceError(f"{type(model).__name__} gives no logits: load the model for image classification "
+                                     "(AutoModelForImageClassification).")
     if problem:
-        raise ValueError(
+        raise NullspaceError(
             f"Model/processor mismatch: the image processor gives {problem}. "
             "Pass the image processor saved with this model (or one configured to its num_channels and image_size)."
         )

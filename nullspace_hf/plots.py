@@ -1,9 +1,10 @@
 """Every figure the package draws: the paper's Figs. 2–7, each from the result of one library call.
 
 * Fig. 2 :func:`plot_nullspace_example` — an image, exact nullspace noise and the noisy image (§3.1);
-* Fig. 3 :func:`plot_regularization_sweep` — learned vs. permuted noise (:func:`~nullspace_hf.analysis.regularization_sweep`);
+* Fig. 3 :func:`plot_regularization_sweep` — learned vs. permuted noise
+  (:func:`~nullspace_hf.analysis.regularization_sweep`);
 * Fig. 4 :func:`plot_noise_dynamics` — the noise of every fine-tuning round (``trainer.noise_history``), and
-  test metrics over fine-tuning (:class:`~nullspace_hf.analysis.RoundMetricsCallback`);
+  test metrics over fine-tuning (:class:`~nullspace_hf.callbacks.RoundMetricsCallback`);
 * Fig. 5 :func:`plot_noise_combinations` — α·v and α₁v₁ + α₂v₂ (:func:`~nullspace_hf.analysis.scaling_curve`,
   :func:`~nullspace_hf.analysis.combination_grid`);
 * Fig. 6 :func:`plot_watermark` — :func:`~nullspace_hf.applications.embed_watermark` (App. E);
@@ -168,7 +169,7 @@ def plot_noise_dynamics(
         eps: ε of Eq. 5, drawn on the distance panel.
         band: the stopping band's lower end as a fraction of ε.
         round_metrics: per run (its legend name), the records of a
-            :class:`~nullspace_hf.analysis.RoundMetricsCallback` (``step`` and the metrics): a fourth panel
+            :class:`~nullspace_hf.callbacks.RoundMetricsCallback` (``step`` and the metrics): a fourth panel
             draws each of ``metric_names`` over fine-tuning steps, divided by its value at the first record,
             one line style per run.
         metric_names: the metrics of ``round_metrics`` to draw.
@@ -296,7 +297,8 @@ def plot_saliency_triplet(
     }
     id2label = model.config.id2label
     predictions = [result.source_prediction, result.target_prediction, result.transformed_prediction]
-    names = ["source", "target", f"transformed (MSE to target {result.mse_to_target:.3f}, to source {result.mse_to_source:.3f})"]
+    names = ["source", "target",
+             f"transformed (MSE to target {result.mse_to_target:.3f}, to source {result.mse_to_source:.3f})"]
     figure = Figure(figsize=(9, 3.1 * (1 + len(maps))))
     axes = figure.subplots(1 + len(maps), 3)
     height, width = images.shape[-2:]
@@ -310,7 +312,8 @@ def plot_saliency_triplet(
                         extent=(-0.5, width - 0.5, height - 0.5, -0.5))
             title = SALIENCY_TITLES[method]
             if column:
-                title += f"\ncorrelation with source: {correlations[method]['target' if column == 1 else 'transformed']:.3f}"
+                correlation = correlations[method]["target" if column == 1 else "transformed"]
+                title += f"\ncorrelation with source: {correlation:.3f}"
             axis.set_title(title, fontsize=8)
     figure.tight_layout()
     figure.savefig(output_path, dpi=150)

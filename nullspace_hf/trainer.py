@@ -30,6 +30,7 @@ from .checkpoint import (
 from .checks import NonFiniteError, check_finite_weights, check_writable
 from .config import NullspaceConfig
 from .data import check_label_range
+from .errors import NullspaceError
 from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
@@ -84,7 +85,7 @@ class _StreamLoader(DataLoader):
                 self._batches = super().__iter__()
                 batch = next(self._batches, None)
             if batch is None:
-                raise ValueError("The train_dataset yields no batch: the noise synthesis needs at least one.")
+                raise NullspaceError("The train_dataset yields no batch: the noise synthesis needs at least one.")
             yield batch
 
 
@@ -109,8 +110,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
     ``save_pretrained`` weights, which load without this package.
 
     Args:
-        model: a ViT-family ``PreTrainedModel`` with a patch ``Conv2d`` (``modeling.patch_embedding`` finds it: ViT, DeiT,
-            BEiT, Dinov2, CLIP, SigLIP, timm, ...).
+        model: a ViT-family ``PreTrainedModel`` with a patch ``Conv2d`` (``modeling.patch_embedding`` finds it: ViT,
+            DeiT, BEiT, Dinov2, CLIP, SigLIP, timm, ...).
         args: a :class:`NullspaceConfig`.
         **kwargs: any other ``transformers.Trainer`` argument.
     """
@@ -123,12 +124,12 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
         if args is None:
             args = NullspaceConfig(output_dir="tmp_trainer")
         if not isinstance(args, NullspaceConfig):
-            raise ValueError(
+            raise NullspaceError(
                 f"NullspaceTrainer needs a NullspaceConfig as `args`, got {type(args).__name__}: build it with "
                 "NullspaceConfig(output_dir=..., noise_mode=...) instead of TrainingArguments."
             )
         if model is None or not isinstance(model, nn.Module):
-            raise ValueError("NullspaceTrainer needs `model`: a ViT-family model instance (e.g. from_pretrained).")
+            raise NullspaceError("NullspaceTrainer needs `model`: a ViT-family model instance (e.g. from_pretrained).")
         self.injector = NoiseInjector(model) if args.noise_mode != "none" else None
         check_writable(args.output_dir, "output_dir")
         super().__init__(model=model, args=args, **kwargs)
@@ -149,13 +150,13 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
             return None
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
         if processor is None or not hasattr(processor, "image_mean"):
-            raise ValueError(
+            raise NullspaceError(
                 "The training augmentation (crop_min_scale, horizontal_flip_prob, rand_augment_ops, "
                 "random_erasing_prob, mixup_prob) works on pixels: pass the model's image processor as "
                 "`processing_class` so that NullspaceTrainer can undo and redo its normalisation."
             )
         if not num_labels:
-            raise ValueError("mixup/cutmix soft targets need `model.config.num_labels`.")
+            raise NullspaceError("mixup/cutmix soft targets need `model.config.num_labels`.")
         channels = getattr(model.config, "num_channels", 3)
         return BatchAugmentation.from_config(self.args, PixelTransform.from_processor(processor, channels),
                                              num_labels).to(self.args.device)
@@ -163,8 +164,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
     def _set_round_length(self) -> None:
         """``train_ratio``: a round is one pass over that share of the training set (the authors' "epoch")."""
         if self.train_dataset is None or not hasattr(self.train_dataset, "__len__"):
-            raise ValueError("train_ratio needs a train_dataset with a length (not an IterableDataset): set "
-                             "noise_refresh_steps instead.")
+            raise NullspaceError("train_ratio needs a train_dataset with a length (not an IterableDataset): set "
+                                 "noise_refresh_steps instead.")
         args = self.args
         global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
         args.noise_refresh_steps = max(1, math.ceil(args.train_ratio * len(self.train_dataset) / global_batch))
@@ -197,7 +198,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
         if dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
             return
         if len(dataset) == 0:
-            raise ValueError("train_dataset is empty: it needs at least one sample.")
+            raise NullspaceError("train_dataset is empty: it needs at least one sample.")
         num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
         if num_labels and hasattr(dataset, "column_names"):
             check_label_range(dataset, num_labels)
@@ -205,21 +206,25 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
         try:
             batch = collator([dataset[0]])
         except Exception as error:  # whatever the user's transform or collator raises
-            removed = sorted(set(getattr(self.train_dataset, "column_names", [])) - set(getattr(dataset, "column_names", [])))
+            removed = sorted(set(getattr(self.train_dataset, "column_names", []))
+                             - set(getattr(dataset, "column_names", [])))
             hint = (f" The Trainer removed the columns {removed}, which the model's forward does not take "
                     "(remove_unused_columns=True); if the dataset's transform needs them (the image column), set "
                     "remove_unused_columns=False." if removed else "")
-            raise ValueError(f"Could not build a training batch from train_dataset[0] ({type(error).__name__}: "
-                             f"{error}).{hint}") from error
+            raise NullspaceError(f"Could not build a training batch from train_dataset[0] ({type(error).__name__}: "
+                                 f"{error}).{hint}") from error
         pixels = batch.get("pixel_values") if isinstance(batch, dict) else None
         if not torch.is_tensor(pixels) or pixels.dim() != 4 or "labels" not in batch:
-            raise ValueError("A training batch must hold `pixel_values` (batch, channels, height, width) and `labels`; "
-                             f"train_dataset[0] gives {sorted(batch) if isinstance(batch, dict) else type(batch).__name__}.")
+            raise NullspaceError("A training batch must hold `pixel_values` (batch, channels, height, width) and "
+                                 "`labels`; "
+                                 "train_dataset[0] gives "
+                                 f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}.")
         channels = getattr(getattr(self.model, "config", None), "num_channels", pixels.shape[1])
         if pixels.shape[1] != channels:
-            raise ValueError(f"The model takes {channels}-channel images but the training batches have "
-                             f"{pixels.shape[1]} channels: convert the images ({'RGB' if channels == 3 else 'L'}) in "
-                             "the dataset's transform, or use a model made for them.")
+            raise NullspaceError(f"The model takes {channels}-channel images but the training batches have "
+                                 f"{pixels.shape[1]} channels: convert the images ({'RGB' if channels == 3 else 'L'}) "
+                                 "in "
+                                 "the dataset's transform, or use a model made for them.")
 
     # ---- Algorithm 1: one noise per round ----
 
@@ -309,7 +314,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
             logger.warning(
                 f"Noise round {round_index}: the noise ends at mse_prob {result.mse_prob:.3g}, below "
                 f"noise_boundary_band * eps = {band * eps:.3g}: the model's predictions stay within eps along its "
-                "direction even at 10^6 times its size (near-uniform predictions?), so there is no boundary to stop at. "
+                "direction even at 10^6 times its size (near-uniform predictions?), so there is no boundary to stop "
+                "at. "
                 "A smaller noise_eps gives the search one."
             )
 
@@ -372,8 +378,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
         try:
             return F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
         except IndexError as error:  # on the CPU; CUDA stops with a device assert instead
-            raise ValueError(f"A training label is outside 0..{logits.shape[-1] - 1}, the model's classes: "
-                             f"labels {labels.tolist()} ({error}).") from error
+            raise NullspaceError(f"A training label is outside 0..{logits.shape[-1] - 1}, the model's classes: "
+                                 f"labels {labels.tolist()} ({error}).") from error
 
     def compute_loss(
         self,

@@ -111,7 +111,8 @@ WATERMARK_HEADER = (
     "prediction unchanged, 8-bit PNG | largest logit change, 8-bit PNG |\n|---|---|---|---|---|---|---|"
 )
 TARGETED_HEADER = (
-    "| model | low-frequency share of the nullspace | pairs | closer to target (MSE) | MSE to target / MSE to source, median | prediction = source's | "
+    "| model | low-frequency share of the nullspace | pairs | closer to target (MSE) | "
+    "MSE to target / MSE to source, median | prediction = source's | "
     "largest logit change vs. source | rollout corr. with source: transformed (min) / target (median) | "
     "Grad-CAM corr. with source: transformed (min) / target (median) |\n|---|---|---|---|---|---|---|---|---|"
 )
@@ -128,12 +129,13 @@ def watermark_row(name: str, model, processor, images: list[Image.Image], figure
             logits = model(**processor(images=[image, result.to_pil()], return_tensors="pt")).logits
         eight_bit_changes.append(float((logits[1] - logits[0]).abs().max()))
         eight_bit_same.append(bool(logits[1].argmax() == logits[0].argmax()))
-    for result, path in zip(results, figures):
+    for result, path in zip(results, figures, strict=True):
         plot_watermark(result, path, model.config.id2label)
     psnrs = np.array([r.psnr for r in results])
     same = np.mean([r.prediction_after == r.prediction_before for r in results])
     return (
-        f"| {name} | {len(results)} | {np.median(psnrs):.1f} [{psnrs.min():.1f}, {psnrs.max():.1f}] | {100 * same:.0f}% | "
+        f"| {name} | {len(results)} | {np.median(psnrs):.1f} [{psnrs.min():.1f}, {psnrs.max():.1f}] | "
+        f"{100 * same:.0f}% | "
         f"{max(r.max_logit_change for r in results):.1e} | {100 * np.mean(eight_bit_same):.1f}% | "
         f"{max(eight_bit_changes):.1e} |"
     )
@@ -175,7 +177,8 @@ def targeted_row(name: str, model, processor, images: list[Image.Image], figures
             plot_saliency_triplet(model, result, figures[index // 2], processor=processor)
     frame = pd.DataFrame(rows)
     return (
-        f"| {name} | {low_frequency_share(model, processor):.2f} | {len(frame)} | {100 * frame['closer'].mean():.0f}% | {frame['ratio'].median():.2f} | "
+        f"| {name} | {low_frequency_share(model, processor):.2f} | {len(frame)} | "
+        f"{100 * frame['closer'].mean():.0f}% | {frame['ratio'].median():.2f} | "
         f"{100 * frame['same'].mean():.0f}% | {frame['change'].max():.1e} | "
         f"{frame['rollout/transformed'].min():.4f} / {frame['rollout/target'].median():.2f} | "
         f"{frame['grad_cam/transformed'].min():.4f} / {frame['grad_cam/target'].median():.2f} |"
@@ -228,8 +231,8 @@ def fingerprints(cifar: Path, steps: int) -> str:
     cifar_rows = TensorRows(processor(images=cifar_train, return_tensors="pt")["pixel_values"], cifar_labels)
 
     def from_scratch(init_seed: int, order_seed: int):
-        return train(tiny_vit(labels, seed=init_seed, architecture=FINGERPRINT_VIT), rows["train"], steps=steps, lr=2e-3,
-                     seed=order_seed)
+        return train(tiny_vit(labels, seed=init_seed, architecture=FINGERPRINT_VIT), rows["train"], steps=steps,
+                     lr=2e-3, seed=order_seed)
 
     def fine_tuned(data: TensorRows, noise_mode: str, lr: float, fine_steps: int):
         child = tiny_vit(labels, seed=0, architecture=FINGERPRINT_VIT)
@@ -251,7 +254,8 @@ def fingerprints(cifar: Path, steps: int) -> str:
     weight = patch_projection(original).weight.detach()
     lines = ["| model | relation | digits test accuracy | ‖ΔW‖ / ‖W‖ | similarity | largest principal angle |",
              "|---|---|---|---|---|---|",
-             f"| original (seed 0, {steps} steps) | itself | {accuracy(original, rows['test']):.1f}% | 0 | 1.000 | 0.0° |"]
+             f"| original (seed 0, {steps} steps) | itself | {accuracy(original, rows['test']):.1f}% | 0 | 1.000 "
+             "| 0.0° |"]
     for name, relation, model in candidates:
         match = compare_fingerprints(reference, nullspace_fingerprint(model))
         change = float((patch_projection(model).weight.detach() - weight).norm() / weight.norm())
@@ -264,10 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cifar", type=Path, required=True, help="Folder with CIFAR-10 train/test.parquet.")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/applications"), help="Figure folder.")
-    parser.add_argument("--train-images", type=int, default=20_000, help="CIFAR-10 training images for part 1.")
-    parser.add_argument("--cifar-steps", type=int, default=1000, help="Training steps (batch 128) for part 1.")
-    parser.add_argument("--test-images", type=int, default=200, help="CIFAR-10 test images measured in part 1.")
-    parser.add_argument("--digits-steps", type=int, default=300, help="Training steps (batch 64) for part 2.")
+    parser.add_argument("--train_images", type=int, default=20_000, help="CIFAR-10 training images for part 1.")
+    parser.add_argument("--cifar_steps", type=int, default=1000, help="Training steps (batch 128) for part 1.")
+    parser.add_argument("--test_images", type=int, default=200, help="CIFAR-10 test images measured in part 1.")
+    parser.add_argument("--digits_steps", type=int, default=300, help="Training steps (batch 64) for part 2.")
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
     args.out.mkdir(parents=True, exist_ok=True)

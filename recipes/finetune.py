@@ -1,6 +1,7 @@
 """The main job, run as ``accelerate launch recipes/finetune.py [flags]``: see ``nullspace_hf/scripts/finetune.py``.
 
-The same job is ``nullspace-hf finetune [flags]`` and ``accelerate launch -m nullspace_hf.scripts.finetune [flags]``.
+The same job is ``nullspace-hf finetune [flags]`` (through ``accelerate launch`` as well) and, in the process it
+is started in, ``python -m nullspace_hf.scripts.finetune [flags]``.
 """
 
 import sys

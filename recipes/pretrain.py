@@ -2,7 +2,8 @@
 
     python recipes/pretrain.py --output_dir nullspace_hf/scripts/embedded/vit-tiny-digits --overwrite_output_dir true
 
-See ``nullspace_hf/scripts/pretrain.py`` (also ``python -m nullspace_hf.scripts.pretrain``).
+See ``nullspace_hf/scripts/pretrain.py`` (also ``nullspace-hf pretrain`` and
+``python -m nullspace_hf.scripts.pretrain``, which write into ``outputs/vit-pretrained`` unless given ``--output_dir``).
 """
 
 import sys

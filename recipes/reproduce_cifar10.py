@@ -39,13 +39,15 @@ from transformers import AutoImageProcessor, HfArgumentParser, TrainingArguments
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.adversarial import AdversarialConfig, AdversarialTrainer
-from nullspace_hf.analysis import RoundMetricsCallback, combination_grid, noise_set, regularization_sweep, scaling_curve
+from nullspace_hf.analysis import combination_grid, noise_set, regularization_sweep, scaling_curve
+from nullspace_hf.callbacks import RoundMetricsCallback
 from nullspace_hf.data import (
     ImageClassificationTransform,
     check_image_classification_columns,
     collate_image_classification,
     load_split,
 )
+from nullspace_hf.errors import NullspaceError
 from nullspace_hf.evaluation import RobustnessReport, evaluate_robustness
 from nullspace_hf.evaluation.metrics import mean_corruption_error
 from nullspace_hf.parsing import run_command
@@ -101,7 +103,8 @@ class ReproduceArguments:
     learning_rate: float = field(default=3e-4, metadata={"help": "Fine-tuning learning rate (AdamW, cosine)."})
     noise_refresh_steps: int = field(default=40, metadata={"help": "Steps between noise syntheses."})
     noise_max_steps: int = field(default=3000, metadata={
-        "help": "Synthesis budget of the fresh-start schedules (nullspace, nullspace_a1; the package defaults keep theirs)."})
+        "help": "Synthesis budget of the fresh-start schedules (nullspace, nullspace_a1; the package defaults keep "
+                "theirs)."})
     adversarial_epsilon: float = field(default=1 / 255, metadata={"help": "L∞ budget of Madry/TRADES training."})
     adversarial_steps: int = field(default=3, metadata={"help": "PGD steps per batch in Madry/TRADES training."})
     eval_samples: int = field(default=1000, metadata={"help": "Test images of the robustness evaluation."})
@@ -121,11 +124,13 @@ class ReproduceArguments:
     analysis_steps: int = field(default=600, metadata={"help": "Fig. 3: synthesis steps per regularisation."})
     regularization_strengths: str = field(default="0,1,10,100", metadata={"help": "Fig. 3: λ values of Eq. 4."})
     analysis: bool = field(default=True, metadata={
-        "help": "Measure and draw Fig. 3 and Fig. 5 on the pretrained model (false: the method tables and Fig. 4 only)."})
+        "help": "Measure and draw Fig. 3 and Fig. 5 on the pretrained model (false: the method tables and Fig. 4 "
+                "only)."})
     protocol: str = field(default="plain", metadata={
         "help": "'plain': hard-label CE, no augmentation. 'paper': the authors' fine-tuning protocol transferred "
                 "(RandomResizedCrop 0.08-1, flip, RandAugment n=2 m=9, random erasing 0.25, mixup/cutmix with soft "
-                "targets in both CE terms, label smoothing 0.1; learning rate 1e-5, 800 steps and the noise methods unless given)."})
+                "targets in both CE terms, label smoothing 0.1; learning rate 1e-5, 800 steps and the noise methods "
+                "unless given)."})
     normalization: str = field(default="pretrained", metadata={
         "help": "'pretrained': fine-tune and evaluate with the normalisation the model was pretrained with; "
                 "'imagenet': with ImageNet's mean/std instead (the mismatch of the paper's ViT-S/B rows)."})
@@ -145,19 +150,20 @@ class ReproduceArguments:
         if self.protocol == "paper":
             self._set_unless_given(PAPER_SCHEDULE)
         if self.protocol not in PROTOCOLS or self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"--protocol is one of {PROTOCOLS} and --normalization one of {NORMALIZATIONS}.")
+            raise NullspaceError(f"--protocol is one of {PROTOCOLS} and --normalization one of {NORMALIZATIONS}.")
         if self.protocol == "paper" and {"madry", "trades"} & set(self.method_list):
-            raise ValueError("--protocol paper applies to the noise methods (vanilla, random, nullspace*): drop madry "
-                             "and trades from --methods.")
+            raise NullspaceError("--protocol paper applies to the noise methods (vanilla, random, nullspace*): drop "
+                                 "madry "
+                                 "and trades from --methods.")
         if self.pretrained_dir and not (Path(self.pretrained_dir) / "config.json").is_file():
-            raise ValueError(f"--pretrained_dir {self.pretrained_dir} holds no saved model (no config.json).")
+            raise NullspaceError(f"--pretrained_dir {self.pretrained_dir} holds no saved model (no config.json).")
         unknown = sorted(set(self.method_list) - set(METHODS))
         if unknown:
-            raise ValueError(f"Unknown methods {unknown}: choose from {', '.join(METHODS)}.")
+            raise NullspaceError(f"Unknown methods {unknown}: choose from {', '.join(METHODS)}.")
         for name in ("train_file", "test_file"):
             if not Path(getattr(self, name)).exists():
-                raise ValueError(f"--{name} {getattr(self, name)} does not exist: pass a parquet file or an "
-                                 "imagefolder directory.")
+                raise NullspaceError(f"--{name} {getattr(self, name)} does not exist: pass a parquet file or an "
+                                     "imagefolder directory.")
 
     def _set_unless_given(self, values: dict[str, Any]) -> None:
         """Set each of ``values`` whose argument still has its default: flags given beside --quick or
@@ -489,7 +495,8 @@ def markdown_tables(table: dict[str, dict[str, Any]], reference_row: dict[str, f
     rule = "|---" * (len(COLUMNS) + 2) + "|"
     lines = ["### Methods (ε = 0.03 for the noise methods; Table 2/3 layout)", "", header, rule,
              "| Pretrained (before fine-tuning) | " + " | ".join(
-                 "–" if key == "train_seconds" else _cell((reference_row[key], 0.0), 1) for key, _ in COLUMNS) + " | – |"]
+                 "–" if key == "train_seconds" else _cell((reference_row[key], 0.0), 1) for key, _ in COLUMNS)
+             + " | – |"]
     for method in methods:
         row = table.get(f"{method}@{MAIN_EPS:g}")
         if row:
@@ -548,16 +555,16 @@ def check_settings(args: ReproduceArguments) -> None:
         changed = [f"--{k} {recorded[k]!r} (now {current[k]!r})" for k in RUN_SETTINGS
                    if k in recorded and recorded[k] != current[k]]
         if changed:
-            raise ValueError(f"{args.output_dir} holds results made with {', '.join(changed)}: pass those values "
-                             "to add to it, or another --output_dir for a new experiment.")
+            raise NullspaceError(f"{args.output_dir} holds results made with {', '.join(changed)}: pass those values "
+                                 "to add to it, or another --output_dir for a new experiment.")
     _write_json(path, current)
 
 
 def main(args: ReproduceArguments) -> dict[str, Any]:
     """Run every stage that has no result yet; write the report. Returns the aggregated results."""
     if PartialState().num_processes > 1:
-        raise ValueError("reproduce_cifar10.py runs its many small jobs in one process: launch it without "
-                         "--num_processes (the fine-tuning recipe itself scales to several processes).")
+        raise NullspaceError("reproduce_cifar10.py runs its many small jobs in one process: launch it without "
+                             "--num_processes (the fine-tuning recipe itself scales to several processes).")
     started = time.perf_counter()
     check_settings(args)
     output = Path(args.output_dir)

@@ -10,13 +10,13 @@ from transformers import ViTForImageClassification
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, noise_influence
 from nullspace_hf.analysis import (
-    RoundMetricsCallback,
     combination_grid,
     noise_set,
     permute_noise,
     regularization_sweep,
     scaling_curve,
 )
+from nullspace_hf.callbacks import RoundMetricsCallback
 from nullspace_hf.data import TensorRows
 
 from .helpers import digits_tensors, make_tiny_model

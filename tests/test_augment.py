@@ -21,7 +21,8 @@ PROCESSOR = ViTImageProcessor(size={"height": 16, "width": 16})  # mean = std = 
 PAPER = dict(  # the authors' stack (recipes/configs/paper_vit_b16.yaml)
     crop_min_scale=0.08, horizontal_flip_prob=0.5, rand_augment_ops=2, rand_augment_magnitude=9.0,
              random_erasing_prob=0.25, mixup_prob=1.0, mixup_switch_prob=0.5, label_smoothing_factor=0.1)
-AUGMENTATION_FIELDS = ("crop_min_scale", "horizontal_flip_prob", "rand_augment_ops", "random_erasing_prob", "mixup_prob")
+AUGMENTATION_FIELDS = ("crop_min_scale", "horizontal_flip_prob", "rand_augment_ops", "random_erasing_prob",
+                       "mixup_prob")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_forced_rank_loss_is_reported(tmp_path, capsys):
 def test_table_output_has_one_row_per_model(tmp_path, capsys):
     save_tiny_model(tmp_path / "a")
     save_tiny_model(tmp_path / "b", family="deit", patch_size=4, image_size=16)
-    assert main(["inspect", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert main(["inspect", f"{tmp_path / 'a'},{tmp_path / 'b'}"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:3] == ["model", "patch", "hidden"]
     assert lines[1].split()[1:6] == ["8×8", "32", "192", "32", "160"]

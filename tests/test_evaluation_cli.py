@@ -17,8 +17,6 @@ from nullspace_hf.data import digits_dataset
 
 from .helpers import free_port, save_tiny_model
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -33,9 +31,9 @@ def saved(tmp_path_factory):
 
 def test_cli_prints_markdown_and_writes_json(saved, tmp_path, capsys):
     output = tmp_path / "results.json"
-    status = main(["evaluate", str(saved / "model"), "--dataset", str(saved / "digits37"), "--attacks", "fgsm", "pgd",
-                   "--epsilon", "2/255", "--pgd-steps", "2", "--corruptions", "fog", "--severities", "1", "3",
-                   "--batch-size", "16", "--output", str(output), "--markdown", "--no-progress"])
+    status = main(["evaluate", str(saved / "model"), "--dataset", str(saved / "digits37"), "--attacks", "fgsm,pgd",
+                   "--epsilon", "2/255", "--pgd_steps", "2", "--corruptions", "fog", "--severities", "1,3",
+                   "--batch_size", "16", "--output", str(output), "--markdown", "--no_progress"])
     assert status == 0
     printed = capsys.readouterr().out
     assert "| Model | Clean | PatchFool | CW | FGSM |" in printed and "### Corruptions" in printed
@@ -49,11 +47,11 @@ def test_cli_prints_markdown_and_writes_json(saved, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--attacks", "fgsm", "jsma"], "Unknown attack 'jsma'"),
+        (["--attacks", "fgsm,jsma"], "Unknown attack 'jsma'"),
         (["--corruptions", "haze"], "Unknown corruption 'haze'"),
         (["--severities", "6"], "Severities must be integers from 1 to 5"),
         (["--ood", "imagenet-r"], "NAME=SOURCE"),
-        (["--max-samples", "0"], "--max-samples"),
+        (["--max_samples", "0"], "--max_samples"),
         (["--split", "validation", "--dataset", "digits"], "no split 'validation'"),
         (["--dataset", "./no-such-folder"], "does not exist"),
     ],
@@ -70,10 +68,10 @@ def test_cli_user_errors_are_one_line(saved, capsys, arguments, message):
 def test_two_processes_count_each_sample_once(saved, tmp_path, capsys):
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
     common = ["--dataset", str(saved / "digits37"), "--attacks", "fgsm", "--corruptions", "gaussian_noise",
-              "--severities", "2", "--batch-size", "8", "--no-progress"]
+              "--severities", "2", "--batch_size", "8", "--no_progress"]
     launched = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "nullspace_hf.cli", "evaluate",
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "nullspace_hf.scripts.evaluate",
          str(saved / "model"),
          *common, "--output", str(tmp_path / "two.json")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -97,9 +95,9 @@ def test_cli_reads_a_released_set_and_runs_autoattack(saved, tmp_path, capsys):
     np.save(root / "fog.npy", np.random.default_rng(0).integers(0, 256, (15, 32, 32, 3), dtype=np.uint8))
     np.save(root / "labels.npy", np.asarray([1, 2, 3] * 5))
     output = tmp_path / "results.json"
-    status = main(["evaluate", str(saved / "model"), "--dataset", str(saved / "digits37"), "--max-samples", "2",
-                   "--attacks", "autoattack", "--epsilon", "8/255", "--corruptions", "fog", "--corruption-source",
-                   str(root), "--corruption-workers", "1", "--output", str(output), "--no-progress"])
+    status = main(["evaluate", str(saved / "model"), "--dataset", str(saved / "digits37"), "--max_samples", "2",
+                   "--attacks", "autoattack", "--epsilon", "8/255", "--corruptions", "fog", "--corruption_source",
+                   str(root), "--corruption_workers", "1", "--output", str(output), "--no_progress"])
     assert status == 0
     report = json.loads(output.read_text())
     assert report["corruption_source"]["kind"] == "cifar-10-c" and report["corruption_source"]["images_per_set"] == [2]

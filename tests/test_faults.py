@@ -20,8 +20,8 @@ from transformers import TrainerCallback
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.checkpoint import HISTORY_FILE, NOISE_FILE
-from nullspace_hf.config import launched_without_accelerator
 from nullspace_hf.data import ImageClassificationTransform, TensorRows, collate_image_classification, digits_dataset
+from nullspace_hf.processes import launched_without_accelerator
 
 from .helpers import RECIPE, digits_tensors, hub_env, make_tiny_model, recipe_args, run_recipe
 from .hub_server import LoopbackHub
@@ -154,8 +154,8 @@ def test_evaluating_a_model_with_non_finite_weights_is_one_clear_error(tmp_path)
     from transformers import ViTImageProcessor
 
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "nan-model")
-    assert nullspace_hf(["evaluate", str(tmp_path / "nan-model"), "--dataset", "digits", "--max-samples", "8",
-                         "--attacks", "none", "--corruptions", "none", "--no-progress"]) == 2
+    assert nullspace_hf(["evaluate", str(tmp_path / "nan-model"), "--dataset", "digits", "--max_samples", "8",
+                         "--attacks", "none", "--corruptions", "none", "--no_progress"]) == 2
 
 
 # ---- the Hub token is never written to disk, so never uploaded ----
@@ -313,7 +313,8 @@ def test_a_label_out_of_range_is_one_error_before_any_step_in_the_api(tmp_path, 
     labels[7] = bad_label
     dataset = _labelled(labels).with_transform(
         ImageClassificationTransform(ViTImageProcessor(size={"height": 16, "width": 16})))
-    trainer = NullspaceTrainer(model=make_tiny_model(**MODEL), args=_config(tmp_path / "out", remove_unused_columns=False),
+    trainer = NullspaceTrainer(model=make_tiny_model(**MODEL),
+                               args=_config(tmp_path / "out", remove_unused_columns=False),
                                train_dataset=dataset, data_collator=collate_image_classification)
     with pytest.raises(ValueError, match=rf"labels outside 0..9 \(row 7: {bad_label}"):
         trainer.train()
@@ -477,7 +478,7 @@ def test_evaluate_output_to_an_unwritable_path_fails_before_evaluating(tmp_path,
     (tmp_path / "a-file").write_text("")
     model = ROOT / "nullspace_hf" / "scripts" / "embedded" / "vit-tiny-digits"
     status = nullspace_hf(["evaluate", str(model), "--dataset", "digits", "--attacks", "none", "--corruptions",
-                           "none", "--no-progress", "--output", str(tmp_path / "a-file" / "results.json")])
+                           "none", "--no_progress", "--output", str(tmp_path / "a-file" / "results.json")])
     captured = capsys.readouterr()
     assert status == 2 and "is not writable" in captured.err and "clean_accuracy" not in captured.out
 
@@ -492,4 +493,4 @@ def test_nullspace_hf_finetune_reports_a_bad_flag_in_one_line(tmp_path):
                             env={**hub_env("http://127.0.0.1:9", tmp_path), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        "finetune: error: Invalid NullspaceConfig: noise_eps must be a finite number, got inf."]
+        "nullspace-hf finetune: error: Invalid NullspaceConfig: noise_eps must be a finite number, got inf."]

@@ -250,7 +250,7 @@ class _TensorStream(torch.utils.data.IterableDataset):
         self.pixel_values, self.labels = pixel_values, labels
 
     def __iter__(self):
-        for pixels, label in zip(self.pixel_values, self.labels):
+        for pixels, label in zip(self.pixel_values, self.labels, strict=True):
             yield {"pixel_values": pixels, "labels": label}
 
 

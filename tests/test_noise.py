@@ -64,7 +64,8 @@ def test_injector_sample_mask_perturbs_only_masked_samples():
 def test_injector_shape_mismatch_is_a_clear_error():
     model = make_tiny_model()
     with NoiseInjector(model) as injector, injector.applied(torch.zeros(4, 32)):
-        with pytest.raises(ValueError, match=r"noise has shape \(4, 32\) but the patch embeddings have shape \(16, 32\)"):
+        with pytest.raises(ValueError,
+                           match=r"noise has shape \(4, 32\) but the patch embeddings have shape \(16, 32\)"):
             model(pixel_values=torch.zeros(1, 3, 32, 32))
 
 

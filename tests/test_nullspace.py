@@ -25,7 +25,8 @@ CASES = [
 
 
 def _model(family, patch, channels, size):
-    return make_tiny_model(family, patch_size=patch, num_channels=channels, image_size=size if family == "vit" else size[0])
+    return make_tiny_model(family, patch_size=patch, num_channels=channels,
+                           image_size=size if family == "vit" else size[0])
 
 
 def _logits(model, pixels):

@@ -1,10 +1,11 @@
-"""The ground floor: the pixel ↔ model-input map, model plumbing, figures, and the deprecated import paths."""
+"""The ground floor: the pixel ↔ model-input map, model plumbing, figures, and what imports what."""
 
 from __future__ import annotations
 
-import importlib
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +13,15 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessor
 
+import nullspace_hf
 from nullspace_hf import plots
 from nullspace_hf.modeling import eager_attention, float_logits, frozen_eval, patch_grid
 from nullspace_hf.nullspace import patch_embedding_nullspace
 from nullspace_hf.pixels import PixelSpaceClassifier, PixelTransform, images_to_pixels, pixels_for_model
 
 from .helpers import make_tiny_model
+
+PACKAGE = Path(nullspace_hf.__file__).resolve().parent
 
 IMAGENET = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.485, 0.456, 0.406],
                              image_std=[0.229, 0.224, 0.225])
@@ -145,27 +149,54 @@ def test_figures_never_touch_pyplot(tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize(("module", "old", "new_module", "new"), [
-    ("nullspace_hf.linalg", "patch_embedding_nullspace", "nullspace_hf.nullspace", "patch_embedding_nullspace"),
-    ("nullspace_hf.linalg", "PatchNullspace", "nullspace_hf.nullspace", "PatchNullspace"),
-    ("nullspace_hf.evaluation.pixels", "PixelTransform", "nullspace_hf.pixels", "PixelTransform"),
-    ("nullspace_hf.evaluation.pixels", "images_to_pixels", "nullspace_hf.pixels", "images_to_pixels"),
-    ("nullspace_hf.evaluation", "PixelSpaceClassifier", "nullspace_hf.pixels", "PixelSpaceClassifier"),
-    ("nullspace_hf.applications", "PixelSpace", "nullspace_hf.pixels", "PixelTransform"),
-    ("nullspace_hf.applications", "plot_watermark", "nullspace_hf.plots", "plot_watermark"),
-    ("nullspace_hf.applications", "plot_saliency_triplet", "nullspace_hf.plots", "plot_saliency_triplet"),
-])
-def test_old_import_paths_warn_and_give_the_new_object(module, old, new_module, new):
-    with pytest.warns(DeprecationWarning, match=f"{module}.{old} is deprecated: use {new_module}.{new}"):
-        value = getattr(importlib.import_module(module), old)
-    assert value is getattr(importlib.import_module(new_module), new)
+def test_import_nullspace_hf_leaves_the_applications_evaluation_and_matplotlib_unimported():
+    code = ("import sys, nullspace_hf; "
+            "loaded = [m for m in sys.modules if m.split('.')[0] == 'matplotlib' "
+            "or m.startswith(('nullspace_hf.applications', 'nullspace_hf.evaluation'))]; "
+            "assert not loaded, loaded; "
+            "nullspace_hf.embed_watermark; nullspace_hf.evaluate_robustness; "
+            "assert 'nullspace_hf.applications.watermark' in sys.modules; "
+            "assert 'nullspace_hf.evaluation.robustness' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
-def test_the_package_itself_uses_no_deprecated_path():
-    modules = ("nullspace_hf", "nullspace_hf.plots", "nullspace_hf.trainer", "nullspace_hf.adversarial",
-               "nullspace_hf.augment", "nullspace_hf.analysis", "nullspace_hf.evaluation.cli",
-               "nullspace_hf.applications.cli", "nullspace_hf.cli", "nullspace_hf.scripts.finetune")
-    code = ("import importlib, sys, warnings; "
-            "warnings.filterwarnings('error', message='.* is deprecated: use nullspace_hf', category=DeprecationWarning); "
-            "[importlib.import_module(name) for name in sys.argv[1:]]")
-    subprocess.run([sys.executable, "-c", code, *modules], check=True)
+def test_the_lazy_names_are_the_objects_of_their_modules():
+    import nullspace_hf
+    from nullspace_hf.applications import embed_watermark
+    from nullspace_hf.evaluation import RobustnessReport
+
+    assert nullspace_hf.embed_watermark is embed_watermark and nullspace_hf.RobustnessReport is RobustnessReport
+    assert set(nullspace_hf.__all__) <= set(dir(nullspace_hf))
+    with pytest.raises(AttributeError, match="has no attribute 'load_eval_dataset'"):
+        nullspace_hf.load_eval_dataset  # noqa: B018
+
+
+# the modules of the package that are not the training side: what the evaluation suite may import
+NEUTRAL_MODULES = {"checks", "data", "errors", "modeling", "pixels", "processes"}
+
+
+def _package_imports(path: Path) -> set[str]:
+    """The ``nullspace_hf.<module>`` names that a file of the package imports (absolute or relative)."""
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            targets = [module] if node.module else [f"{module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            continue
+        names.update(".".join(t.split(".")[:2]) for t in targets if t.startswith("nullspace_hf."))
+    return names
+
+
+def test_the_evaluation_suite_imports_nothing_from_the_training_side():
+    files = sorted((PACKAGE / "evaluation").rglob("*.py"))
+    imported = set().union(*(_package_imports(path) for path in files))
+    allowed = {f"nullspace_hf.{name}" for name in NEUTRAL_MODULES | {"evaluation"}}
+    assert "nullspace_hf.evaluation" in imported and "nullspace_hf.pixels" in imported  # the walk sees imports
+    assert imported <= allowed, sorted(imported - allowed)
+    assert "nullspace_hf.config" in _package_imports(PACKAGE / "trainer.py")  # and would see a training import

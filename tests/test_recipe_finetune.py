@@ -17,9 +17,9 @@ from nullspace_hf.hub import hyperparameter_names
 from nullspace_hf.parsing import parse_with_config
 
 from .helpers import RECIPE, load_recipe, recipe_args, run_recipe, save_tiny_model
+from .hub_server import LoopbackHub
 
 recipe_module = load_recipe()
-from .hub_server import LoopbackHub
 
 ROOT = Path(__file__).resolve().parents[1]
 

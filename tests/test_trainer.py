@@ -78,7 +78,7 @@ def test_rounds_are_logged_weights_change_and_files_are_written(tmp_path, datase
     rounds = [entry for entry in trainer.state.log_history if "noise/norm" in entry]
     assert [entry["step"] for entry in rounds] == [0, 3, 6]
     assert len(trainer.noise_history) == 3
-    for entry, record in zip(rounds, trainer.noise_history):
+    for entry, record in zip(rounds, trainer.noise_history, strict=True):
         assert entry["noise/norm"] == pytest.approx(record["norm"]) and entry["noise/steps"] == record["steps"]
         assert {"noise/mse_prob", "noise/reached", "noise/start_mse_prob", "noise/forward_steps",
                 "noise/budget_hit"} <= entry.keys()

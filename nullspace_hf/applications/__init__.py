@@ -9,7 +9,6 @@ Their figures (Figs. 6, 7) are drawn by :func:`nullspace_hf.plots.plot_watermark
 :func:`nullspace_hf.plots.plot_saliency_triplet`.
 """
 
-from .._deprecated import moved_names
 from .fingerprint import FingerprintMatch, NullspaceFingerprint, compare_fingerprints, nullspace_fingerprint
 from .saliency import attention_rollout, grad_cam, map_correlation, saliency_maps
 from .targeted import TargetedResult, targeted_image
@@ -29,6 +28,3 @@ __all__ = [
     "saliency_maps",
     "targeted_image",
 ]
-
-__getattr__ = moved_names(__name__, {"PixelSpace": "nullspace_hf.pixels:PixelTransform",
-                                     "plot_saliency_triplet": "nullspace_hf.plots", "plot_watermark": "nullspace_hf.plots"})

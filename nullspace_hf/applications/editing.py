@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from transformers import BaseImageProcessor, PreTrainedModel
 
+from ..errors import NullspaceError
 from ..pixels import PixelSpaceClassifier, PixelTransform, pixels_for_model
 from .nullspace_fit import bounded_nullspace_fit, pixel_nullspace
 
@@ -66,13 +67,13 @@ def nullspace_edit(
             not have the model's channels or matching sizes.
     """
     if not strength > 0:
-        raise ValueError(f"strength must be a positive number (1 aims at the {names[1]} itself), got {strength}.")
+        raise NullspaceError(f"strength must be a positive number (1 aims at the {names[1]} itself), got {strength}.")
     transform = PixelTransform.from_processor(processor, model.config.num_channels)
     space = pixel_nullspace(model, transform)
     original = pixels_for_model(image, model, processor, name=names[0])
     target = pixels_for_model(goal, model, processor, name=names[1])
     if original.shape != target.shape:
-        raise ValueError(
+        raise NullspaceError(
             f"{names[0]} and {names[1]} must have the same size, got {tuple(original.shape)} and {tuple(target.shape)}."
         )
     aim = original + strength * (target - original)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from scipy.linalg import subspace_angles
 from torch import nn
 
+from ..errors import NullspaceError
 from ..nullspace import patch_embedding_nullspace
 
 
@@ -63,7 +64,7 @@ class NullspaceFingerprint:
             patch_h, patch_w = (int(value) for value in metadata["patch_size"].split(","))
             return cls(basis=basis, num_channels=int(metadata["num_channels"]), patch_size=(patch_h, patch_w))
         except (OSError, KeyError, ValueError, SafetensorError) as error:
-            raise ValueError(f"{str(path)!r} is not a nullspace fingerprint file: {error}") from error
+            raise NullspaceError(f"{str(path)!r} is not a nullspace fingerprint file: {error}") from error
 
 
 def nullspace_fingerprint(model: nn.Module, rtol: float | None = None) -> NullspaceFingerprint:
@@ -79,12 +80,13 @@ def nullspace_fingerprint(model: nn.Module, rtol: float | None = None) -> Nullsp
     """
     nullspace = patch_embedding_nullspace(model, rtol=rtol)
     if nullspace.nullity == 0:
-        raise ValueError(
+        raise NullspaceError(
             f"{type(model).__name__} has an empty patch-embedding nullspace (rank {nullspace.rank} = c·r² = "
             f"{nullspace.patch_dim}): there is no nullspace to fingerprint it by."
         )
     if nullspace.rank == 0:
-        raise ValueError(f"{type(model).__name__} has an all-zero patch embedding: its nullspace identifies nothing.")
+        raise NullspaceError(f"{type(model).__name__} has an all-zero patch embedding: its nullspace identifies "
+                             "nothing.")
     return NullspaceFingerprint(
         basis=nullspace.basis, num_channels=nullspace.num_channels, patch_size=nullspace.patch_size
     )
@@ -128,7 +130,7 @@ def compare_fingerprints(reference: NullspaceFingerprint, candidate: NullspaceFi
         ValueError: the fingerprints come from different patch geometries (different architectures).
     """
     if (reference.num_channels, reference.patch_size) != (candidate.num_channels, candidate.patch_size):
-        raise ValueError(
+        raise NullspaceError(
             f"Fingerprints of different patch geometries cannot be compared: {reference.num_channels} channels, "
             f"patch {reference.patch_size} vs {candidate.num_channels} channels, patch {candidate.patch_size}."
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
+from ..errors import NullspaceError
 from ..nullspace import PatchNullspace, patch_embedding_nullspace
 from ..pixels import PixelTransform
 
@@ -27,7 +28,7 @@ def pixel_nullspace(model: PreTrainedModel, transform: PixelTransform) -> PatchN
     """
     nullspace = patch_embedding_nullspace(model)
     if nullspace.nullity == 0:
-        raise ValueError(
+        raise NullspaceError(
             f"{type(model).__name__} has an empty patch-embedding nullspace (rank {nullspace.rank} = c·r² = "
             f"{nullspace.patch_dim}): there is nothing to embed an image change in. Use a model whose hidden size "
             "is smaller than channels × patch², such as ViT-T/16 or ViT-B/32."

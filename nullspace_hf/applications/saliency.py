@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import BaseImageProcessor, PreTrainedModel
 
+from ..errors import NullspaceError
 from ..modeling import eager_attention, frozen_eval, patch_grid
 from ..pixels import PixelSpaceClassifier, PixelTransform
 
@@ -33,7 +34,8 @@ def attention_rollout(model: PreTrainedModel, pixel_values: torch.Tensor, residu
     with torch.no_grad(), frozen_eval(model), eager_attention(model):
         attentions = model(pixel_values=pixel_values, output_attentions=True).attentions
     if not attentions:
-        raise ValueError(f"{type(model).__name__} returned no attention weights, so attention rollout is not available.")
+        raise NullspaceError(f"{type(model).__name__} returned no attention weights, so attention rollout is not "
+                             "available.")
     rollout = None
     for attention in attentions:
         mixed = attention.to(torch.float32).mean(dim=1)
@@ -68,7 +70,7 @@ def grad_cam(model: PreTrainedModel, pixel_values: torch.Tensor, target_class: i
         if target_class is None:
             classes = outputs.logits.argmax(dim=-1)
         elif not 0 <= target_class < num_labels:
-            raise ValueError(f"target_class must be a class id in [0, {num_labels}), got {target_class}.")
+            raise NullspaceError(f"target_class must be a class id in [0, {num_labels}), got {target_class}.")
         else:
             classes = torch.full((outputs.logits.shape[0],), target_class, device=outputs.logits.device)
         score = outputs.logits.gather(1, classes[:, None]).sum()
@@ -82,7 +84,8 @@ def grad_cam(model: PreTrainedModel, pixel_values: torch.Tensor, target_class: i
 def map_correlation(first: torch.Tensor, second: torch.Tensor) -> float:
     """Pearson correlation of two saliency maps of the same shape (NaN when one is constant)."""
     if first.shape != second.shape:
-        raise ValueError(f"Saliency maps must have the same shape, got {tuple(first.shape)} and {tuple(second.shape)}.")
+        raise NullspaceError(f"Saliency maps must have the same shape, got {tuple(first.shape)} and "
+                             f"{tuple(second.shape)}.")
     pair = torch.stack([first.flatten(), second.flatten()]).to(torch.float64)
     return float(torch.corrcoef(pair)[0, 1])
 

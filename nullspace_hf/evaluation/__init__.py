@@ -6,10 +6,17 @@
     print(report.to_markdown())
 """
 
-from .._deprecated import moved_names
-from ..data import load_split as load_eval_dataset
-from .attacks import (ATTACKS, DEFAULT_ATTACKS, FGSM, PGD, Attack, AutoAttack, CarliniWagnerL2, PatchFool,
-                      resolve_attacks)
+from .attacks import (
+    ATTACKS,
+    DEFAULT_ATTACKS,
+    FGSM,
+    PGD,
+    Attack,
+    AutoAttack,
+    CarliniWagnerL2,
+    PatchFool,
+    resolve_attacks,
+)
 from .corruption_stream import corrupt_dataset
 from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, IMAGENET_C_CORRUPTIONS, corrupt_pixels, resolve_corruptions
 from .hf_metrics import load_metric
@@ -40,7 +47,6 @@ __all__ = [
     "corrupt_pixels",
     "corruption_error",
     "evaluate_robustness",
-    "load_eval_dataset",
     "load_metric",
     "load_ood_dataset",
     "mean_corruption_error",
@@ -48,6 +54,3 @@ __all__ = [
     "resolve_attacks",
     "resolve_corruptions",
 ]
-
-__getattr__ = moved_names(__name__, {name: "nullspace_hf.pixels"
-                                     for name in ("PixelSpaceClassifier", "PixelTransform", "images_to_pixels")})

@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from ..errors import NullspaceError
 from ..pixels import images_to_pixels, to_8bit
 from .corruptions import CorruptedSets
 from .released import CorruptionSet
@@ -45,8 +46,8 @@ def _as_is(item: Any) -> Any:
 def check_workers(workers: int) -> None:
     """Raise a clear ``ValueError`` for a number of workers that is not an integer >= 0."""
     if not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"corruption_workers must be an integer >= 0 (0: corrupt in the main process), "
-                         f"got {workers!r}.")
+        raise NullspaceError(f"corruption_workers must be an integer >= 0 (0: corrupt in the main process), "
+                             f"got {workers!r}.")
 
 
 def prefetched(make: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], workers: int) -> Iterator[Any]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import NullspaceError
 from ..pixels import from_8bit, to_8bit
 
 IMAGENET_C_CORRUPTIONS: tuple[str, ...] = (
@@ -49,7 +50,7 @@ def _imagecorruptions() -> Any:
     try:
         import imagecorruptions
     except ImportError as error:
-        raise ValueError("Corruptions need imagecorruptions: pip install 'nullspace-hf[eval]'.") from error
+        raise NullspaceError("Corruptions need imagecorruptions: pip install 'nullspace-hf[eval]'.") from error
     return imagecorruptions
 
 
@@ -68,13 +69,13 @@ def resolve_corruptions(corruptions: str | Iterable[str] | None) -> tuple[str, .
         key = entry.lower()
         group = _GROUPS.get(key, (key,) if key in CORRUPTIONS else None)
         if group is None:
-            raise ValueError(
+            raise NullspaceError(
                 f"Unknown corruption {entry!r}: choose from {', '.join(CORRUPTIONS)} "
                 f"or a group ({', '.join(_GROUPS)})."
             )
         for name in group:
             if name in names:
-                raise ValueError(f"Corruption {name!r} is given twice.")
+                raise NullspaceError(f"Corruption {name!r} is given twice.")
             names.append(name)
     return tuple(names)
 
@@ -87,18 +88,18 @@ def resolve_severities(severities: Iterable[int]) -> tuple[int, ...]:
     """
     values = tuple(severities)
     if not values or any(not isinstance(s, (int, np.integer)) or s not in SEVERITIES for s in values):
-        raise ValueError(f"Severities must be integers from 1 to 5, got {list(values)}.")
+        raise NullspaceError(f"Severities must be integers from 1 to 5, got {list(values)}.")
     if len(set(values)) != len(values):
-        raise ValueError(f"Severities are given twice: {list(values)}.")
+        raise NullspaceError(f"Severities are given twice: {list(values)}.")
     return tuple(int(s) for s in values)
 
 
 def check_corruptible(channels: int, height: int, width: int) -> None:
     """Raise a clear ``ValueError`` for images ``imagecorruptions`` cannot handle."""
     if channels not in (1, 3):
-        raise ValueError(f"Corruptions need 1- or 3-channel images; the model takes {channels} channels.")
+        raise NullspaceError(f"Corruptions need 1- or 3-channel images; the model takes {channels} channels.")
     if min(height, width) < MIN_IMAGE_SIZE:
-        raise ValueError(
+        raise NullspaceError(
             f"Corruptions need images of at least {MIN_IMAGE_SIZE}×{MIN_IMAGE_SIZE} pixels (imagecorruptions); "
             f"the model takes {height}×{width}. Evaluate without corruptions (corruptions='none')."
         )

@@ -15,6 +15,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from ..errors import NullspaceError
+
 METRICS_DIR = Path(__file__).resolve().parent / "metrics_modules"
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "robust_accuracy", "corruption_error")
 
@@ -26,7 +28,7 @@ def metric_path(name: str) -> Path:
         ValueError: an unknown name (the message lists the shipped ones).
     """
     if name not in METRIC_NAMES:
-        raise ValueError(f"Unknown metric {name!r}: the shipped ones are {', '.join(METRIC_NAMES)}.")
+        raise NullspaceError(f"Unknown metric {name!r}: the shipped ones are {', '.join(METRIC_NAMES)}.")
     return METRICS_DIR / name
 
 

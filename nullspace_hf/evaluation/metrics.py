@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..errors import NullspaceError
 from .corruptions import IMAGENET_C_CORRUPTIONS, SEVERITIES
 
 ALEXNET_ERRORS: dict[str, float] = dict(zip(IMAGENET_C_CORRUPTIONS, (
@@ -37,7 +38,7 @@ def corruption_error(errors: Mapping[int, float], baseline: float | Mapping[int,
     if isinstance(baseline, Mapping):
         missing = sorted(set(errors) - set(baseline))
         if missing:
-            raise ValueError(f"The baseline has no error for severities {missing}.")
+            raise NullspaceError(f"The baseline has no error for severities {missing}.")
         denominator = sum(baseline[s] for s in errors) / len(errors)
     else:
         denominator = float(baseline)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datasets import ClassLabel, Dataset, Value
 
 from ..data import find_columns, load_split
+from ..errors import NullspaceError
 from .imagenet_classes import IMAGENET_A_INDICES, IMAGENET_R_INDICES, WNID_TO_INDEX
 
 
@@ -51,7 +52,7 @@ def ood_set(name: str) -> OODSet:
         ValueError: an unknown name (the message lists the known ones).
     """
     if name.lower() not in OOD_SETS:
-        raise ValueError(f"Unknown out-of-distribution set {name!r}: choose from {', '.join(OOD_SETS)}.")
+        raise NullspaceError(f"Unknown out-of-distribution set {name!r}: choose from {', '.join(OOD_SETS)}.")
     return OOD_SETS[name.lower()]
 
 
@@ -67,7 +68,7 @@ def imagenet_indices(class_names: list[str]) -> list[int]:
         return [int(name) for name in class_names]
     if len(class_names) == 1000:
         return list(range(1000))
-    raise ValueError(
+    raise NullspaceError(
         f"Cannot map the dataset's {len(class_names)} class names (e.g. {class_names[:3]}) to ImageNet-1k: "
         "they are neither WordNet ids nor class indices. Give label_mapping={dataset label: ImageNet index}."
     )
@@ -95,7 +96,7 @@ def load_ood_dataset(name: str, source: Dataset | str, split: str = "test", *, l
     if label_mapping is not None:
         unmapped = sorted(set(dataset[column]) - set(label_mapping))
         if unmapped:
-            raise ValueError(f"{name}: label_mapping has no entry for the labels {unmapped[:5]}.")
+            raise NullspaceError(f"{name}: label_mapping has no entry for the labels {unmapped[:5]}.")
         mapping: list[int] | Mapping[int, int] | None = label_mapping
     elif isinstance(feature, ClassLabel):
         mapping = imagenet_indices(feature.names)
@@ -111,7 +112,7 @@ def load_ood_dataset(name: str, source: Dataset | str, split: str = "test", *, l
     labels = set(dataset["label"])
     allowed = set(spec.class_indices) if spec.class_indices else set(range(1000))
     if not labels <= allowed:
-        raise ValueError(
+        raise NullspaceError(
             f"{name}: labels {sorted(labels - allowed)[:5]} are not among its {len(allowed)} ImageNet-1k classes; "
             "check the source or give label_mapping."
         )

@@ -28,6 +28,7 @@ from datasets import ClassLabel, Dataset
 from PIL import Image
 
 from ..data import find_columns, load_split
+from ..errors import NullspaceError
 from .corruptions import CORRUPTIONS, SEVERITIES
 from .imagenet_classes import WNID_TO_INDEX
 
@@ -101,18 +102,19 @@ class ImageNetCFolder(CorruptionSet):
         if key not in self._files:
             folder = self.root / corruption / str(severity)
             if not folder.is_dir():
-                raise ValueError(f"The ImageNet-C folder {self.name} has no {corruption} at severity {severity}: "
-                                 f"expected {folder}/<wnid>/*.JPEG (or ask only for the corruptions and "
-                                 "severities it holds).")
+                raise NullspaceError(f"The ImageNet-C folder {self.name} has no {corruption} at severity {severity}: "
+                                     f"expected {folder}/<wnid>/*.JPEG (or ask only for the corruptions and "
+                                     "severities it holds).")
             files = []
             for class_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
                 if class_folder.name not in WNID_TO_INDEX:
-                    raise ValueError(f"{class_folder} is not named by an ImageNet-1k WordNet id (such as n01440764): "
-                                     "ImageNet-C's class folders are the validation set's wnids.")
+                    raise NullspaceError(f"{class_folder} is not named by an ImageNet-1k WordNet id (such as "
+                                         "n01440764): "
+                                         "ImageNet-C's class folders are the validation set's wnids.")
                 files += [(path, WNID_TO_INDEX[class_folder.name]) for path in sorted(class_folder.iterdir())
                           if path.suffix.lower() in IMAGE_SUFFIXES]
             if not files:
-                raise ValueError(f"{folder} holds no images: expected <wnid>/*.JPEG folders inside.")
+                raise NullspaceError(f"{folder} holds no images: expected <wnid>/*.JPEG folders inside.")
             self._files[key] = [files[i] for i in _limit(len(files), self.max_samples)]
         return self._files[key]
 
@@ -130,7 +132,7 @@ class ImageNetCFolder(CorruptionSet):
 
     def label_map(self, id2label: Mapping[int, str], num_labels: int) -> np.ndarray | None:
         if num_labels != 1000:
-            raise ValueError(f"ImageNet-C's labels are the 1,000 ImageNet classes, but the model has {num_labels}.")
+            raise NullspaceError(f"ImageNet-C's labels are the 1,000 ImageNet classes, but the model has {num_labels}.")
         return None
 
 
@@ -154,11 +156,12 @@ class Cifar10CFolder(CorruptionSet):
         self.max_samples = max_samples
         labels = np.load(self.root / "labels.npy")
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"{self.root / 'labels.npy'} must be a 1-d integer array, got {labels.dtype} of shape "
-                             f"{labels.shape}.")
+            raise NullspaceError(f"{self.root / 'labels.npy'} must be a 1-d integer array, got {labels.dtype} of shape "
+                                 f"{labels.shape}.")
         if labels.size and (labels.min() < 0 or labels.max() >= len(CIFAR10_CLASSES)):
-            raise ValueError(f"{self.root / 'labels.npy'} has labels outside 0..9: CIFAR-10-C's labels are CIFAR-10's "
-                             "class indices.")
+            raise NullspaceError(f"{self.root / 'labels.npy'} has labels outside 0..9: CIFAR-10-C's labels are "
+                                 "CIFAR-10's "
+                                 "class indices.")
         self._labels = labels.astype(np.int64)
         self._arrays: dict[str, np.ndarray] = {}
 
@@ -166,15 +169,15 @@ class Cifar10CFolder(CorruptionSet):
         if corruption not in self._arrays:
             path = self.root / f"{corruption}.npy"
             if not path.is_file():
-                raise ValueError(f"The CIFAR-10-C folder {self.name} has no {corruption}.npy (or ask only for the "
-                                 "corruptions it holds).")
+                raise NullspaceError(f"The CIFAR-10-C folder {self.name} has no {corruption}.npy (or ask only for the "
+                                     "corruptions it holds).")
             array = np.load(path, mmap_mode="r")
             if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3 or len(array) % len(SEVERITIES):
-                raise ValueError(f"{path} must hold (5·n, height, width, 3) uint8 images, severities 1–5 in order; "
-                                 f"got {array.dtype} of shape {array.shape}.")
+                raise NullspaceError(f"{path} must hold (5·n, height, width, 3) uint8 images, severities 1–5 in order; "
+                                     f"got {array.dtype} of shape {array.shape}.")
             if len(self._labels) not in (len(array), len(array) // len(SEVERITIES)):
-                raise ValueError(f"labels.npy has {len(self._labels)} labels, but {path.name} holds {len(array)} "
-                                 f"images ({len(array) // len(SEVERITIES)} per severity): they must match.")
+                raise NullspaceError(f"labels.npy has {len(self._labels)} labels, but {path.name} holds {len(array)} "
+                                     f"images ({len(array) // len(SEVERITIES)} per severity): they must match.")
             self._arrays[corruption] = array
         return self._arrays[corruption]
 
@@ -196,13 +199,13 @@ class Cifar10CFolder(CorruptionSet):
 
     def label_map(self, id2label: Mapping[int, str], num_labels: int) -> np.ndarray | None:
         if num_labels != len(CIFAR10_CLASSES):
-            raise ValueError(f"CIFAR-10-C's labels are the 10 CIFAR-10 classes, but the model has {num_labels}.")
+            raise NullspaceError(f"CIFAR-10-C's labels are the 10 CIFAR-10 classes, but the model has {num_labels}.")
         names = [str(id2label.get(i, i)).lower() for i in range(num_labels)]
         if _is_generic(names):
             return None
         if sorted(names) != sorted(CIFAR10_CLASSES):
-            raise ValueError(f"The model's classes are {names}, not CIFAR-10's ({', '.join(CIFAR10_CLASSES)}): "
-                             "CIFAR-10-C's labels cannot be mapped to them.")
+            raise NullspaceError(f"The model's classes are {names}, not CIFAR-10's ({', '.join(CIFAR10_CLASSES)}): "
+                                 "CIFAR-10-C's labels cannot be mapped to them.")
         return np.asarray([names.index(name) for name in CIFAR10_CLASSES], dtype=np.int64)
 
 
@@ -219,9 +222,10 @@ class DatasetCorruptions(CorruptionSet):
                  image_column: str | None = None, label_column: str | None = None):
         missing = [column for column in ("corruption", "severity") if column not in dataset.column_names]
         if missing:
-            raise ValueError(f"The corruption dataset {name} has no {' or '.join(missing)} column (its columns are "
-                             f"{dataset.column_names}): a datasets copy of a corruption benchmark needs 'corruption' "
-                             "and 'severity' columns.")
+            raise NullspaceError(f"The corruption dataset {name} has no {' or '.join(missing)} column (its columns are "
+                                 f"{dataset.column_names}): a datasets copy of a corruption benchmark needs "
+                                 "'corruption' "
+                                 "and 'severity' columns.")
         self.dataset, self.name = dataset, name
         self.image_column, self.label_column = find_columns(dataset, image_column, label_column)
         table = dataset.with_format(None).select_columns(["corruption", "severity"])[:]
@@ -231,12 +235,12 @@ class DatasetCorruptions(CorruptionSet):
             corruptions = [feature.names[value] for value in corruptions]
         unknown = sorted(set(corruptions) - set(CORRUPTIONS))
         if unknown:
-            raise ValueError(f"The corruption column of {name} holds {unknown[:3]}, which are not corruption names "
-                             f"({', '.join(CORRUPTIONS)}).")
+            raise NullspaceError(f"The corruption column of {name} holds {unknown[:3]}, which are not corruption names "
+                                 f"({', '.join(CORRUPTIONS)}).")
         severities = np.asarray(table["severity"])
         if not np.issubdtype(severities.dtype, np.integer) or not set(severities.tolist()) <= set(SEVERITIES):
-            raise ValueError(f"The severity column of {name} must hold integers from 1 to 5, got "
-                             f"{sorted(set(severities.tolist()))[:5]}.")
+            raise NullspaceError(f"The severity column of {name} must hold integers from 1 to 5, got "
+                                 f"{sorted(set(severities.tolist()))[:5]}.")
         names = np.asarray(corruptions, dtype=object)
         self._rows = {}
         for corruption in dict.fromkeys(corruptions):
@@ -249,8 +253,8 @@ class DatasetCorruptions(CorruptionSet):
             for severity in severities:
                 if (corruption, severity) not in self._rows:
                     held = sorted({c for c, _ in self._rows})
-                    raise ValueError(f"The corruption dataset {self.name} has no rows for {corruption} at severity "
-                                     f"{severity} (it holds {', '.join(held)}): ask only for what it holds.")
+                    raise NullspaceError(f"The corruption dataset {self.name} has no rows for {corruption} at severity "
+                                         f"{severity} (it holds {', '.join(held)}): ask only for what it holds.")
 
     def labels(self, corruption: str, severity: int) -> np.ndarray:
         rows = self._rows[(corruption, severity)]
@@ -280,7 +284,7 @@ def open_corruption_set(source: str | os.PathLike | Dataset, *, max_samples: int
         ValueError: ``source`` is none of the layouts, or its ``labels.npy`` or columns are wrong.
     """
     if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples must be >= 1, got {max_samples}.")
+        raise NullspaceError(f"max_samples must be >= 1, got {max_samples}.")
     if isinstance(source, Dataset):
         return DatasetCorruptions(source, "a datasets.Dataset", max_samples)
     root = Path(source)
@@ -290,9 +294,9 @@ def open_corruption_set(source: str | os.PathLike | Dataset, *, max_samples: int
         if _is_imagenet_c(root):
             return ImageNetCFolder(root, max_samples)
         if not any((root / marker).is_file() for marker in ("dataset_info.json", "dataset_dict.json")):
-            raise ValueError(f"{root} is not a released corruption set: expected ImageNet-C's "
-                             "<corruption>/<severity>/<wnid>/*.JPEG, CIFAR-10-C's <corruption>.npy and labels.npy, "
-                             "or a save_to_disk dataset with corruption and severity columns.")
+            raise NullspaceError(f"{root} is not a released corruption set: expected ImageNet-C's "
+                                 "<corruption>/<severity>/<wnid>/*.JPEG, CIFAR-10-C's <corruption>.npy and labels.npy, "
+                                 "or a save_to_disk dataset with corruption and severity columns.")
     elif root.exists():
-        raise ValueError(f"The corruption source {root} is a file: give the folder that holds the benchmark.")
+        raise NullspaceError(f"The corruption source {root} is a file: give the folder that holds the benchmark.")
     return DatasetCorruptions(load_split(str(source), split), str(source), max_samples)

@@ -27,12 +27,20 @@ from transformers import AutoImageProcessor, PreTrainedModel
 
 from ..checks import check_finite_weights
 from ..data import find_columns
+from ..errors import NullspaceError
 from ..modeling import frozen_eval, load_model
 from ..pixels import PixelSpaceClassifier, PixelTransform, check_model_input, from_8bit, images_to_pixels
 from .attacks import DEFAULT_ATTACKS, Attack, resolve_attacks
 from .corruption_stream import CorruptOnTheFly, LoadReleased, check_workers, prefetched
-from .corruptions import (IMAGENET_C_CORRUPTIONS, SEVERITIES, CorruptedSets, check_corruptible, library_version,
-                          resolve_corruptions, resolve_severities)
+from .corruptions import (
+    IMAGENET_C_CORRUPTIONS,
+    SEVERITIES,
+    CorruptedSets,
+    check_corruptible,
+    library_version,
+    resolve_corruptions,
+    resolve_severities,
+)
 from .hf_metrics import load_metric
 from .ood import load_ood_dataset, ood_set
 from .released import CorruptionSet, open_corruption_set
@@ -73,7 +81,7 @@ class _Predictions:
         self.parts[metric].append((predictions.cpu().numpy().astype(np.int64), labels.cpu().numpy().astype(np.int64)))
 
     def _local(self) -> dict[_Metric, tuple[np.ndarray, np.ndarray]]:
-        return {metric: (np.concatenate([p for p, _ in parts]), np.concatenate([l for _, l in parts]))
+        return {metric: (np.concatenate([p for p, _ in parts]), np.concatenate([label for _, label in parts]))
                 if parts else (_NO_LABELS, _NO_LABELS) for metric, parts in self.parts.items()}
 
     def gathered(self) -> dict[_Metric, tuple[np.ndarray, np.ndarray]]:
@@ -109,7 +117,8 @@ def _load_classifier(model: PreTrainedModel | str, processor: Any, device: torch
     elif isinstance(model, PreTrainedModel):
         name = model.name_or_path or type(model).__name__
     else:
-        raise ValueError(f"The {role} must be a transformers model or a model name/path, got {type(model).__name__}.")
+        raise NullspaceError(f"The {role} must be a transformers model or a model name/path, got "
+                             f"{type(model).__name__}.")
     check_finite_weights(model, f"the {role} {name!r}", "its accuracies would be meaningless; evaluate another "
                          "checkpoint.")
     if processor is None:
@@ -117,7 +126,8 @@ def _load_classifier(model: PreTrainedModel | str, processor: Any, device: torch
             processor = AutoImageProcessor.from_pretrained(model.name_or_path)
         except (OSError, ValueError, TypeError) as error:
             if fallback_processor is None:
-                raise ValueError(f"No image processor found for the {role} {name!r}: pass image_processor=.") from error
+                raise NullspaceError(f"No image processor found for the {role} {name!r}: pass "
+                                     "image_processor=.") from error
             processor = fallback_processor
     return model, processor, name
 
@@ -126,8 +136,8 @@ def _check_labels(labels: Iterable[int], num_labels: int, what: str) -> None:
     values = set(labels)
     bad = sorted(v for v in values if not 0 <= v < num_labels)
     if bad:
-        raise ValueError(f"{what} has labels {bad[:5]} outside the model's {num_labels} classes: "
-                         "its labels must be the model's class indices.")
+        raise NullspaceError(f"{what} has labels {bad[:5]} outside the model's {num_labels} classes: "
+                             "its labels must be the model's class indices.")
 
 
 def _shard(size: int) -> list[int]:
@@ -244,9 +254,9 @@ def evaluate_robustness(
     for name in ood_sources:
         ood_set(name)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise NullspaceError(f"batch_size must be >= 1, got {batch_size}.")
     if len(dataset) == 0:
-        raise ValueError("The evaluation dataset is empty: give a split with at least one image.")
+        raise NullspaceError("The evaluation dataset is empty: give a split with at least one image.")
     image_column, label_column = find_columns(dataset, image_column, label_column)
 
     state = PartialState()
@@ -265,7 +275,7 @@ def evaluate_robustness(
     elif corruption_names:
         check_corruptible(*probe.shape[1:])
     if ood_sources and num_labels != 1000:
-        raise ValueError(f"The out-of-distribution sets are ImageNet sets, but the model has {num_labels} classes.")
+        raise NullspaceError(f"The out-of-distribution sets are ImageNet sets, but the model has {num_labels} classes.")
     reference = None
     if reference_model is not None:
         ref_model, ref_processor, reference_name = _load_classifier(
@@ -273,7 +283,8 @@ def evaluate_robustness(
         reference = PixelSpaceClassifier(ref_model, PixelTransform.from_processor(ref_processor, probe.shape[1]))
         check_model_input(ref_model, probe, reference.transform)
         if ref_model.config.num_labels != num_labels:
-            raise ValueError(f"The reference model has {ref_model.config.num_labels} classes, the model {num_labels}.")
+            raise NullspaceError(f"The reference model has {ref_model.config.num_labels} classes, the model "
+                                 f"{num_labels}.")
 
     judges = {False: classifier, **({True: reference} if reference is not None else {})}
     with frozen_eval(*(judge.model for judge in judges.values())):
@@ -376,7 +387,7 @@ def _predict_released(judges: Mapping[bool, PixelSpaceClassifier], corruption_se
                 job_labels.append(torch.as_tensor(labels[chunk]))
     device = judges[False].device
     stream = prefetched(LoadReleased(corruption_set, processor), jobs, workers)
-    for (corruption, severity, _), labels, images in _progress(zip(jobs, job_labels, stream), len(jobs),
+    for (corruption, severity, _), labels, images in _progress(zip(jobs, job_labels, stream, strict=True), len(jobs),
                                                               corruption_set.describe(), progress):
         images, labels = from_8bit(images).to(device), labels.to(device)
         for is_reference, judge in judges.items():
@@ -454,7 +465,7 @@ def _evaluate_ood(classifier: PixelSpaceClassifier, processor: Any, name: str, s
     spec = ood_set(name)
     dataset = load_ood_dataset(name, source)
     if len(dataset) == 0:
-        raise ValueError(f"The out-of-distribution set {name!r} is empty.")
+        raise NullspaceError(f"The out-of-distribution set {name!r} is empty.")
     image_column, _ = find_columns(dataset, label_column="label")
     metric = _Metric("ood", name)
     records = _Predictions([metric])

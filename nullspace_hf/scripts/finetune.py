@@ -1,10 +1,15 @@
 """Fine-tune a ViT with approximate-nullspace noise (Algorithm 1), evaluate it before and after, publish it.
 
-    nullspace-hf finetune                                       # the embedded default (digits, < 5 min)
-    accelerate launch recipes/finetune.py                       # the same, under accelerate
-    accelerate launch -m nullspace_hf.scripts.finetune --config recipes/configs/cifar10.yaml
+    nullspace-hf finetune                          # the embedded default (digits, < 5 min), through accelerate
+    nullspace-hf finetune --config recipes/configs/cifar10.yaml --num_processes 2
     accelerate launch recipes/finetune.py --model_name_or_path google/vit-base-patch16-224 \
         --dataset_name imagenet-1k --max_train_samples 0.1 --push_to_hub --hub_model_id user/vit-b16-nullspace
+    python -m nullspace_hf.scripts.finetune        # in this process, without accelerate (also recipes/finetune.py)
+
+`nullspace-hf finetune` starts the job through `accelerate launch`, so the user's `accelerate config`
+applies; the flags the job does not know (`--num_processes`, `--config_file`, `--mixed_precision`, ...)
+go to `accelerate launch`. `recipes/finetune.py` and `python -m nullspace_hf.scripts.finetune` run it in
+the process they are started in (under `accelerate launch` or torchrun when these start them).
 
 Without `--config` the job starts from the embedded default (`embedded/digits.yaml` beside this file:
 the tiny ViT in `embedded/vit-tiny-digits` fine-tuned on scikit-learn's digits, shipped with the
@@ -20,6 +25,7 @@ header. SIGTERM or SIGINT ends it after the current optimizer step with a comple
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -29,13 +35,20 @@ from pathlib import Path
 import datasets
 import numpy as np
 from datasets import Dataset, Image
-from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification, EvalPrediction,
-                          HfArgumentParser, IntervalStrategy, set_seed)
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    EvalPrediction,
+    HfArgumentParser,
+    IntervalStrategy,
+    set_seed,
+)
 from transformers.utils import logging as hf_logging
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer, patch_embedding_nullspace
 from nullspace_hf.checkpoint import resolve_checkpoint
-from nullspace_hf.checks import SaveError, check_output_dir
+from nullspace_hf.checks import check_output_dir
 from nullspace_hf.data import (
     ImageClassificationTransform,
     check_image_classification_columns,
@@ -44,11 +57,12 @@ from nullspace_hf.data import (
     find_columns,
     load_image_dataset,
 )
+from nullspace_hf.errors import NullspaceError
 from nullspace_hf.evaluation import evaluate_robustness, load_metric
-from nullspace_hf.hub import RESULTS_FILE, HubPushError, check_push_settings, noise_rounds_table, push_output_dir
+from nullspace_hf.hub import RESULTS_FILE, check_push_settings, noise_rounds_table, push_output_dir
 from nullspace_hf.lock import hold_output_dir
 from nullspace_hf.modeling import check_model_source
-from nullspace_hf.parsing import parse_with_config, run_command
+from nullspace_hf.parsing import comma_ints, comma_list, config_given, parse_with_config, run_command
 from nullspace_hf.plots import plot_noise_dynamics
 from nullspace_hf.preemption import follow_launcher, handle_stop_signals, stop_if_requested
 
@@ -143,12 +157,8 @@ def _subsample(dataset, limit: float | None, seed: int):
         return dataset
     count = int(limit * len(dataset)) if limit < 1 else int(limit)
     if count < 1:
-        raise ValueError(f"max_train_samples={limit} leaves no sample of {len(dataset)}.")
+        raise NullspaceError(f"max_train_samples={limit} leaves no sample of {len(dataset)}.")
     return dataset.shuffle(seed=seed).select(range(min(count, len(dataset))))
-
-
-def _names(text: str) -> list[str] | None:
-    return None if text.strip().lower() == "none" else [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _wants_evaluation(training_args: NullspaceConfig) -> bool:
@@ -164,17 +174,17 @@ def load_data(script_args: ScriptArguments, training_args: NullspaceConfig) -> L
     data = load_image_dataset(script_args.dataset_name, script_args.dataset_config, files, script_args.train_dir)
     for split in (script_args.train_split, script_args.eval_split):
         if split not in data:
-            raise ValueError(f"The dataset has no split {split!r}; its splits are {list(data)}. "
-                             "Pass --train_split / --eval_split.")
+            raise NullspaceError(f"The dataset has no split {split!r}; its splits are {list(data)}. "
+                                 "Pass --train_split / --eval_split.")
         if len(data[split]) == 0:
-            raise ValueError(f"The split {split!r} of the dataset is empty.")
+            raise NullspaceError(f"The split {split!r} of the dataset is empty.")
     train = data[script_args.train_split]
     image_column, label_column = find_columns(train, script_args.image_column, script_args.label_column)
     names = check_image_classification_columns(train, image_column, label_column)
     eval_names = check_image_classification_columns(data[script_args.eval_split], image_column, label_column)
     if len(eval_names) > len(names):
-        raise ValueError(f"The {script_args.eval_split!r} split has labels up to {len(eval_names) - 1}, the "
-                         f"{script_args.train_split!r} split only up to {len(names) - 1}: the classes must match.")
+        raise NullspaceError(f"The {script_args.eval_split!r} split has labels up to {len(eval_names) - 1}, the "
+                             f"{script_args.train_split!r} split only up to {len(names) - 1}: the classes must match.")
     validation = None
     if _wants_evaluation(training_args):
         if script_args.validation_split in data:
@@ -183,7 +193,7 @@ def load_data(script_args: ScriptArguments, training_args: NullspaceConfig) -> L
             validation = load_image_dataset(train_dir=script_args.validation_dir)["train"]
         else:
             if not 0 < script_args.train_val_split < 1:
-                raise ValueError(f"train_val_split must be in (0, 1), got {script_args.train_val_split}.")
+                raise NullspaceError(f"train_val_split must be in (0, 1), got {script_args.train_val_split}.")
             parts = train.train_test_split(test_size=script_args.train_val_split, seed=training_args.seed)
             train, validation = parts["train"], parts["test"]
         check_image_classification_columns(validation, image_column, label_column)
@@ -213,10 +223,10 @@ def load_model(script_args: ScriptArguments, names: list[str]):
         config = AutoConfig.from_pretrained(name, **options)
         processor = AutoImageProcessor.from_pretrained(name, **options)
     except (OSError, ValueError) as error:
-        raise ValueError(f"Could not load {name!r} with its image processor: {error}") from error
+        raise NullspaceError(f"Could not load {name!r} with its image processor: {error}") from error
     if overrides and not hasattr(config, "drop_path_rate"):
-        raise ValueError(f"--drop_path_rate: {type(config).__name__} has no drop path in transformers (no "
-                         "drop_path_rate in its config); leave it unset for this model.")
+        raise NullspaceError(f"--drop_path_rate: {type(config).__name__} has no drop path in transformers (no "
+                             "drop_path_rate in its config); leave it unset for this model.")
     if getattr(config, "num_labels", None) != len(names):
         overrides.update(num_labels=len(names), id2label=dict(enumerate(names)),
                          label2id={label: i for i, label in enumerate(names)}, ignore_mismatched_sizes=True)
@@ -232,14 +242,14 @@ def _with_lora(model, script_args: ScriptArguments):
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as error:
-        raise ValueError("--use_peft needs the peft package: pip install peft (or nullspace-hf[peft]).") from error
+        raise NullspaceError("--use_peft needs the peft package: pip install peft (or nullspace-hf[peft]).") from error
     targets = [name.strip() for name in script_args.lora_target_modules.split(",") if name.strip()]
     try:
         return get_peft_model(model, LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha,
                                                 lora_dropout=script_args.lora_dropout, target_modules=targets,
                                                 modules_to_save=["classifier"]))
     except ValueError as error:
-        raise ValueError(f"--lora_target_modules {script_args.lora_target_modules!r}: {error}") from error
+        raise NullspaceError(f"--lora_target_modules {script_args.lora_target_modules!r}: {error}") from error
 
 
 def accuracy(prediction: EvalPrediction) -> dict[str, float]:
@@ -252,9 +262,9 @@ def evaluate(model, processor, dataset, script_args: ScriptArguments, training_a
              columns: tuple[str, str]):
     """Clean, attack and corruption accuracy of ``model`` on the evaluation split."""
     return evaluate_robustness(
-        model, dataset, image_processor=processor, attacks=_names(script_args.eval_attacks),
-        corruptions=_names(script_args.eval_corruptions),
-        severities=[int(s) for s in script_args.eval_severities.split(",")],
+        model, dataset, image_processor=processor, attacks=comma_list(script_args.eval_attacks),
+        corruptions=comma_list(script_args.eval_corruptions),
+        severities=comma_ints(script_args.eval_severities),
         corruption_source=script_args.eval_corruption_source, max_corruption_samples=script_args.max_eval_samples,
         corruption_workers=script_args.eval_corruption_workers,
         batch_size=script_args.eval_batch_size, seed=training_args.seed, image_column=columns[0],
@@ -356,22 +366,31 @@ def _run(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
     return results
 
 
-def make_parser() -> HfArgumentParser:
-    """The recipe's parser: :class:`ScriptArguments` and :class:`NullspaceConfig`."""
-    return HfArgumentParser((ScriptArguments, NullspaceConfig))
+NAME = "finetune"
+HELP = ("The main job: fine-tune with nullspace noise, evaluate before and after, write and push the model (no flag: "
+        "the embedded default), through accelerate launch.")
+LAUNCH_EPILOG = ("Flags not listed here go to `accelerate launch` (e.g. --num_processes 2, --config_file FILE). "
+                 "In this process, without accelerate: python -m nullspace_hf.scripts.finetune [flags].")
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None) -> HfArgumentParser:
+    """The job's parser over :class:`ScriptArguments` and :class:`NullspaceConfig`; given the ``nullspace-hf``
+    sub-parsers (whose parser class is ``HfArgumentParser``), it is registered there as ``finetune``."""
+    options = {"dataclass_types": (ScriptArguments, NullspaceConfig), "epilog": LAUNCH_EPILOG,
+               "description": "Fine-tune a ViT with approximate-nullspace noise (Algorithm 1); lists are "
+                              "comma-separated."}
+    if subparsers is None:
+        return HfArgumentParser(prog=NAME, **options)
+    return subparsers.add_parser(NAME, help=HELP, **options)
 
 
 def cli(argv: list[str]) -> int:
-    """Run the recipe; user errors end with one line on stderr and exit status 2."""
-    config_given = any(arg == "--config" or arg.startswith("--config=") for arg in argv) or (
-        len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")))
-    if not config_given and not {"-h", "--help"} & set(argv):
+    """Run the job in this process; user errors end with one line on stderr and exit status 2."""
+    if not config_given(argv) and not {"-h", "--help"} & set(argv):
         print(f"No --config: starting from the embedded default ({DEFAULT_CONFIG.name}: a tiny ViT on scikit-learn's "
               "digits)" + ("; the flags given override it." if argv else "."))
-        argv = ["--config", str(DEFAULT_CONFIG), *argv]
     follow_launcher()
-    return run_command("finetune", lambda: main(*parse_with_config(make_parser(), argv)),
-                       (ValueError, HubPushError, SaveError))
+    return run_command(NAME, lambda: main(*parse_with_config(make_parser(), argv, default_config=DEFAULT_CONFIG)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Pretrain a small ViT from scratch: the "pretrained model" that the recipes then fine-tune.
 
-The embedded default of `nullspace-hf finetune` (`recipes/finetune.py`) starts from the checkpoint this script writes on
-scikit-learn's digits (shipped in `nullspace_hf/scripts/embedded/vit-tiny-digits/`):
+    nullspace-hf pretrain                          # digits, into outputs/vit-pretrained, through accelerate
+    python -m nullspace_hf.scripts.pretrain        # the same in this process (also recipes/pretrain.py)
+
+The embedded default of `nullspace-hf finetune` (`recipes/finetune.py`) starts from the checkpoint this job writes on
+scikit-learn's digits (shipped in `nullspace_hf/scripts/embedded/vit-tiny-digits/`, rewritten in a checkout with):
 
     python recipes/pretrain.py --output_dir nullspace_hf/scripts/embedded/vit-tiny-digits --overwrite_output_dir true
 
@@ -14,13 +17,14 @@ Any image dataset works the same way (`--dataset_name`, `--data_files`, `--train
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 from datasets import Dataset
-from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessor, set_seed
+from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, set_seed
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.data import (
@@ -29,7 +33,7 @@ from nullspace_hf.data import (
     collate_image_classification,
     load_image_dataset,
 )
-from nullspace_hf.parsing import run_command
+from nullspace_hf.parsing import parse_with_config, run_command
 
 
 @dataclass
@@ -59,6 +63,8 @@ def pretrain(train: Dataset, evaluation: Dataset, names: list[str], pretrain_arg
     Training goes through :class:`~nullspace_hf.NullspaceTrainer` (``noise_mode="none"`` unless asked
     otherwise), so the config's training augmentation (crop, flip, RandAugment, ...) applies.
     """
+    from transformers import ViTImageProcessor  # here: naming it warns when torchvision is missing
+
     set_seed(training_args.seed)
     processor = ViTImageProcessor(size={"height": pretrain_args.image_size, "width": pretrain_args.image_size})
     transform = ImageClassificationTransform(processor, pretrain_args.image_column, pretrain_args.label_column)
@@ -92,19 +98,31 @@ def main(pretrain_args: PretrainArguments, training_args: NullspaceConfig) -> di
                     training_args)
 
 
-def make_parser() -> HfArgumentParser:
-    """Parser over :class:`PretrainArguments` and ``NullspaceConfig`` with this recipe's defaults (no noise)."""
-    parser = HfArgumentParser((PretrainArguments, NullspaceConfig))
-    parser.set_defaults(output_dir="nullspace_hf/scripts/embedded/vit-tiny-digits", noise_mode="none",
-                        num_train_epochs=40, per_device_train_batch_size=64, learning_rate=2e-3, weight_decay=0.05, warmup_steps=50,
-                        lr_scheduler_type="cosine", eval_strategy="no", save_strategy="no", logging_steps=50,
-                        remove_unused_columns=False, report_to="none", seed=0)
+NAME = "pretrain"
+HELP = "Pretrain a small ViT from scratch (the model the recipes fine-tune), through accelerate launch."
+DEFAULTS = {"output_dir": "outputs/vit-pretrained", "noise_mode": "none", "num_train_epochs": 40,
+            "per_device_train_batch_size": 64, "learning_rate": 2e-3, "weight_decay": 0.05, "warmup_steps": 50,
+            "lr_scheduler_type": "cosine", "eval_strategy": "no", "save_strategy": "no", "logging_steps": 50,
+            "remove_unused_columns": False, "report_to": "none", "seed": 0}
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None) -> HfArgumentParser:
+    """Parser over :class:`PretrainArguments` and ``NullspaceConfig`` with this job's defaults (no noise, output
+    under ``outputs/`` of the working directory); given the ``nullspace-hf`` sub-parsers (whose parser class is
+    ``HfArgumentParser``), it is registered there as ``pretrain``."""
+    options = {"dataclass_types": (PretrainArguments, NullspaceConfig),
+               "description": "Pretrain a small ViT from scratch on an image dataset (default: digits).",
+               "epilog": "Flags not listed here go to `accelerate launch`. In this process, without accelerate: "
+                         "python -m nullspace_hf.scripts.pretrain [flags]."}
+    parser = HfArgumentParser(prog=NAME, **options) if subparsers is None else subparsers.add_parser(
+        NAME, help=HELP, **options)
+    parser.set_defaults(**DEFAULTS)
     return parser
 
 
 def cli(argv: list[str]) -> int:
-    """Run the job; user errors end with one line on stderr and exit status 2."""
-    return run_command("pretrain", lambda: main(*make_parser().parse_args_into_dataclasses(argv)))
+    """Run the job in this process; user errors end with one line on stderr and exit status 2."""
+    return run_command(NAME, lambda: main(*parse_with_config(make_parser(), argv)))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Run under `accelerate launch --multi_gpu --num_processes 2` on a CPU machine: a short NullspaceTrainer run whose ranks see
-different (and differently sized) batches; each rank writes the noise and weights it ends with."""
+"""Run under `accelerate launch --multi_gpu --num_processes 2` on a CPU machine: a short NullspaceTrainer run whose
+ranks see different (and differently sized) batches; each rank writes the noise and weights it ends with."""
 
 import sys
 from pathlib import Path

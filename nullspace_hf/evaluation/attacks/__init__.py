@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ...errors import NullspaceError
 from .autoattack import AutoAttack
 from .base import Attack
 from .gradient import FGSM, PGD, CarliniWagnerL2
@@ -32,12 +33,12 @@ def resolve_attacks(attacks: Iterable[str | Attack] | str | None) -> list[Attack
     for attack in attacks:
         if isinstance(attack, str):
             if attack.lower() not in ATTACKS:
-                raise ValueError(f"Unknown attack {attack!r}: choose from {', '.join(ATTACKS)}.")
+                raise NullspaceError(f"Unknown attack {attack!r}: choose from {', '.join(ATTACKS)}.")
             attack = ATTACKS[attack.lower()]()
         elif not isinstance(attack, Attack):
-            raise ValueError(f"Attacks are names ({', '.join(ATTACKS)}) or Attack objects, got {attack!r}.")
+            raise NullspaceError(f"Attacks are names ({', '.join(ATTACKS)}) or Attack objects, got {attack!r}.")
         if any(other.name == attack.name for other in resolved):
-            raise ValueError(f"Attack {attack.name!r} is given twice.")
+            raise NullspaceError(f"Attack {attack.name!r} is given twice.")
         resolved.append(attack)
     return resolved
 

@@ -3,9 +3,9 @@ diverse parameter-free attacks"), its standard version, through the authors' cod
 
 The standard version is the one RobustBench reports: APGD-CE (100 iterations, no restart), APGD-T (targeted
 DLR loss, 9 target classes), FAB-T (9 target classes) and Square (5,000 queries), each run on the images the
-previous ones left correctly classified. Models need at least 4 classes (APGD-T's DLR loss). ``pyautoattack`` is the authors' ``fra31/auto-attack`` as a PyPI
-package (torch only); ART's ``AutoAttack`` runs APGD-CE, APGD-DLR, DeepFool and Square and has no FAB, so it
-cannot run the standard version (``docs/evaluation.md``).
+previous ones left correctly classified. Models need at least 4 classes (APGD-T's DLR loss). ``pyautoattack`` is
+the authors' ``fra31/auto-attack`` as a PyPI package (torch only); ART's ``AutoAttack`` runs APGD-CE, APGD-DLR,
+DeepFool and Square and has no FAB, so it cannot run the standard version (``docs/evaluation.md``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from ...errors import NullspaceError
 from ...modeling import frozen_eval
 from ...pixels import PixelSpaceClassifier
 from .base import Attack
@@ -27,7 +28,7 @@ def _pyautoattack() -> Any:
     try:
         import pyautoattack
     except ImportError as error:
-        raise ValueError("AutoAttack needs pyautoattack: pip install 'nullspace-hf[eval]'.") from error
+        raise NullspaceError("AutoAttack needs pyautoattack: pip install 'nullspace-hf[eval]'.") from error
     return pyautoattack
 
 
@@ -51,9 +52,9 @@ class AutoAttack(Attack):
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
-            raise ValueError(f"AutoAttack: epsilon must be > 0, got {self.epsilon}.")
+            raise NullspaceError(f"AutoAttack: epsilon must be > 0, got {self.epsilon}.")
         if self.norm not in NORMS:
-            raise ValueError(f"AutoAttack: norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
+            raise NullspaceError(f"AutoAttack: norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
 
     def config(self) -> dict[str, Any]:
         """The budget, norm, version and the attacks it runs."""
@@ -70,8 +71,8 @@ class AutoAttack(Attack):
         with frozen_eval(classifier):
             num_classes = classifier(pixels[:1]).shape[-1]
             if num_classes < 4:
-                raise ValueError(f"AutoAttack needs a model with at least 4 classes (APGD-T's targeted DLR loss "
-                                 f"compares the 1st, 3rd and 4th largest logits); this one has {num_classes}.")
+                raise NullspaceError(f"AutoAttack needs a model with at least 4 classes (APGD-T's targeted DLR loss "
+                                     f"compares the 1st, 3rd and 4th largest logits); this one has {num_classes}.")
             attack = _pyautoattack().AutoAttack(classifier, norm=self.norm, eps=self.epsilon, version=self.version,
                                                 seed=seed, device=pixels.device)
             attack.verbose = False

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ...errors import NullspaceError
 from ...pixels import PixelSpaceClassifier
 
 
@@ -40,4 +41,4 @@ def check_positive(owner: str, **values: float) -> None:
     """Raise a ``ValueError`` naming ``owner`` and the field for each value that is not > 0."""
     for field, value in values.items():
         if not value > 0:
-            raise ValueError(f"{owner}: {field} must be > 0, got {value}.")
+            raise NullspaceError(f"{owner}: {field} must be > 0, got {value}.")

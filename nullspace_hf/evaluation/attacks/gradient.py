@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ...errors import NullspaceError
 from ...modeling import frozen_eval
 from ...pixels import PixelSpaceClassifier
 from .base import Attack, check_positive
@@ -21,7 +22,7 @@ def _foolbox() -> Any:
     try:
         import foolbox
     except ImportError as error:
-        raise ValueError(
+        raise NullspaceError(
             "The FGSM, PGD and CW attacks need foolbox: pip install 'nullspace-hf[eval]'."
         ) from error
     return foolbox
@@ -51,7 +52,7 @@ class FGSM(Attack):
 
     def __post_init__(self) -> None:
         if not self.epsilon >= 0:
-            raise ValueError(f"FGSM: epsilon must be >= 0, got {self.epsilon}.")
+            raise NullspaceError(f"FGSM: epsilon must be >= 0, got {self.epsilon}.")
 
     def threat_model(self) -> dict[str, Any]:
         """L∞, ε in [0, 1] pixel units."""
@@ -81,7 +82,7 @@ class PGD(Attack):
 
     def __post_init__(self) -> None:
         if not self.epsilon >= 0:
-            raise ValueError(f"PGD: epsilon must be >= 0, got {self.epsilon}.")
+            raise NullspaceError(f"PGD: epsilon must be >= 0, got {self.epsilon}.")
         check_positive("PGD", steps=self.steps)
         if self.step_size is not None:
             check_positive("PGD", step_size=self.step_size)
@@ -124,7 +125,7 @@ class CarliniWagnerL2(Attack):
         check_positive("CW", steps=self.steps, step_size=self.step_size, initial_const=self.initial_const,
                        binary_search_steps=self.binary_search_steps)
         if self.confidence < 0:
-            raise ValueError(f"CW: confidence must be >= 0, got {self.confidence}.")
+            raise NullspaceError(f"CW: confidence must be >= 0, got {self.confidence}.")
 
     def threat_model(self) -> dict[str, Any]:
         """L2, unbounded: the smallest successful perturbation found."""

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ...errors import NullspaceError
 from ...modeling import PatchGrid, eager_attention, frozen_eval, patch_grid
 from ...pixels import PixelSpaceClassifier
 from .base import Attack, check_positive
@@ -24,7 +25,7 @@ def _tiled_grid(classifier: PixelSpaceClassifier, pixels: torch.Tensor) -> Patch
     """The model's patch grid for these images, which PatchFool needs to tile them exactly."""
     grid = patch_grid(classifier.model, pixels)
     if not grid.tiles(*pixels.shape[-2:]):
-        raise ValueError(
+        raise NullspaceError(
             f"PatchFool needs a ViT-family model whose patches tile the image; {type(classifier.model).__name__} "
             f"has {grid.patch_size[0]}×{grid.patch_size[1]} patches for {pixels.shape[-2]}×{pixels.shape[-1]} images."
         )
@@ -46,7 +47,8 @@ def select_patches_by_attention(classifier: PixelSpaceClassifier, pixels: torch.
     with torch.no_grad(), eager_attention(classifier.model):
         attentions = classifier.model(pixel_values=classifier.normalize(pixels), output_attentions=True).attentions
     if not attentions:
-        raise ValueError(f"PatchFool needs attention maps, which {type(classifier.model).__name__} does not return.")
+        raise NullspaceError(f"PatchFool needs attention maps, which {type(classifier.model).__name__} does not "
+                             "return.")
     received = attentions[min(layer, len(attentions) - 1)].mean(dim=1).mean(dim=1)[:, -grid.num_patches:]
     return received.argsort(dim=-1, descending=True)[:, :num_patches]
 
@@ -83,7 +85,7 @@ class PatchFool(Attack):
         check_positive("PatchFool", num_patches=self.num_patches, steps=self.steps,
                        learning_rate=self.learning_rate, lr_step_size=self.lr_step_size, lr_gamma=self.lr_gamma)
         if self.attention_layer < 0:
-            raise ValueError(f"PatchFool: attention_layer must be >= 0, got {self.attention_layer}.")
+            raise NullspaceError(f"PatchFool: attention_layer must be >= 0, got {self.attention_layer}.")
 
     def threat_model(self) -> dict[str, Any]:
         """``num_patches`` whole patches, their pixels free in [0, 1] (no norm bound)."""
@@ -93,8 +95,8 @@ class PatchFool(Attack):
         """Replace the selected patches of each image by adversarially optimised pixels."""
         grid = _tiled_grid(classifier, pixels)
         if self.num_patches > grid.num_patches:
-            raise ValueError(f"PatchFool: num_patches={self.num_patches} but the images have {grid.num_patches} "
-                             "patches.")
+            raise NullspaceError(f"PatchFool: num_patches={self.num_patches} but the images have {grid.num_patches} "
+                                 "patches.")
         with frozen_eval(classifier):
             indices = select_patches_by_attention(classifier, pixels, self.num_patches, self.attention_layer)
             mask = patch_mask(indices, grid)

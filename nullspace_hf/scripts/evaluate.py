@@ -1,17 +1,30 @@
-"""The ``nullspace-hf evaluate`` door (``accelerate launch -m nullspace_hf.cli evaluate`` for several processes)."""
+"""Robustness report of any image classifier: attacks, corruptions (mCE) and out-of-distribution sets (§5, Table 2).
+
+    nullspace-hf evaluate MODEL --dataset digits --attacks fgsm,pgd --corruptions fog --severities 1,3
+    accelerate launch -m nullspace_hf.scripts.evaluate MODEL --dataset ...     # several processes
+
+Lists are comma-separated (``none`` for an empty one), as in every command of the package.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from fractions import Fraction
 from typing import TYPE_CHECKING
+
+from nullspace_hf.errors import NullspaceError
+from nullspace_hf.parsing import comma_ints, comma_list, job_parser, run_command
 
 if TYPE_CHECKING:
     from accelerate import PartialState
 
-    from .attacks import Attack
-    from .report import RobustnessReport
+    from nullspace_hf.evaluation.attacks import Attack
+    from nullspace_hf.evaluation.report import RobustnessReport
+
+NAME = "evaluate"
+HELP = "Robustness report: attacks, corruptions (mCE) and OOD sets (paper §5, Table 2)."
 
 
 def _number(text: str) -> float:
@@ -22,59 +35,60 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.004 or 1/255)") from error
 
 
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the evaluation options to ``parser`` (shared by the CLI and the recipe)."""
+def make_parser(subparsers: argparse._SubParsersAction | None = None) -> argparse.ArgumentParser:
+    """The job's parser; given the ``nullspace-hf`` sub-parsers, it is registered there as ``evaluate``."""
+    description = ("Evaluate an image classifier under FGSM, PGD, CW, PatchFool and AutoAttack, common corruptions "
+                   "(on the fly, or the released ImageNet-C / CIFAR-10-C) and out-of-distribution sets; print a JSON "
+                   "or Markdown report. Lists are comma-separated.")
+    parser = job_parser(NAME, subparsers, help=HELP, description=description)
     parser.add_argument("model", metavar="MODEL", help="Local directory or Hub id of an image classifier.")
     parser.add_argument("--dataset", required=True,
                         help="'digits' (embedded), a save_to_disk directory, an image folder or a Hub dataset id.")
     parser.add_argument("--split", default="test", help="Split of --dataset (default: test).")
-    parser.add_argument("--max-samples", type=int, metavar="N", help="Evaluate the first N images only.")
-    parser.add_argument("--image-column", help="Image column (default: found automatically).")
-    parser.add_argument("--label-column", help="Label column (default: found automatically).")
-    parser.add_argument("--attacks", nargs="+", default=["fgsm", "pgd", "cw", "patchfool"], metavar="NAME",
-                        help="Attacks: fgsm, pgd, cw, patchfool, autoattack, or none (default: the first four).")
+    parser.add_argument("--max_samples", type=int, metavar="N", help="Evaluate the first N images only.")
+    parser.add_argument("--image_column", help="Image column (default: found automatically).")
+    parser.add_argument("--label_column", help="Label column (default: found automatically).")
+    parser.add_argument("--attacks", type=comma_list, default=["fgsm", "pgd", "cw", "patchfool"], metavar="NAMES",
+                        help="Attacks: fgsm, pgd, cw, patchfool, autoattack, or none (default: fgsm,pgd,cw,patchfool).")
     parser.add_argument("--epsilon", type=_number, metavar="EPS",
                         help="Budget of FGSM, PGD and AutoAttack in [0, 1] pixel units, e.g. 1/255 (the default) "
                              "or 8/255 (RobustBench's CIFAR-10 L∞).")
-    parser.add_argument("--autoattack-norm", choices=["Linf", "L2"],
-                        help="Norm of AutoAttack's ball (default Linf).")
-    parser.add_argument("--pgd-steps", type=int, metavar="N", help="PGD steps (default 10).")
-    parser.add_argument("--pgd-step-size", type=_number, metavar="ALPHA", help="PGD step size (default ε/4).")
-    parser.add_argument("--cw-steps", type=int, metavar="N", help="Carlini–Wagner Adam steps (default 50).")
-    parser.add_argument("--patchfool-steps", type=int, metavar="N", help="PatchFool iterations (default 250).")
-    parser.add_argument("--corruptions", nargs="+", default=["all"], metavar="NAME",
+    parser.add_argument("--autoattack_norm", choices=["Linf", "L2"], help="Norm of AutoAttack's ball (default Linf).")
+    parser.add_argument("--pgd_steps", type=int, metavar="N", help="PGD steps (default 10).")
+    parser.add_argument("--pgd_step_size", type=_number, metavar="ALPHA", help="PGD step size (default ε/4).")
+    parser.add_argument("--cw_steps", type=int, metavar="N", help="Carlini–Wagner Adam steps (default 50).")
+    parser.add_argument("--patchfool_steps", type=int, metavar="N", help="PatchFool iterations (default 250).")
+    parser.add_argument("--corruptions", type=comma_list, default=["all"], metavar="NAMES",
                         help="Corruption names or a group: all (15 ImageNet-C + 4 extra), imagenet-c, extra, none.")
-    parser.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], metavar="S",
-                        help="Corruption severities, 1 to 5 (default: all).")
-    parser.add_argument("--corruption-source", metavar="SOURCE",
+    parser.add_argument("--severities", type=comma_ints, default=[1, 2, 3, 4, 5], metavar="S",
+                        help="Corruption severities, 1 to 5 (default: 1,2,3,4,5).")
+    parser.add_argument("--corruption_source", metavar="SOURCE",
                         help="Read a released corruption set instead of corrupting on the fly: an ImageNet-C folder "
                              "(<corruption>/<severity>/<wnid>/*.JPEG), a CIFAR-10-C folder (<corruption>.npy, "
                              "labels.npy), or a datasets copy (save_to_disk folder or Hub id) with corruption and "
-                             "severity columns. --max-samples also limits each corruption and severity.")
-    parser.add_argument("--corruption-workers", type=int, default=0, metavar="N",
+                             "severity columns. --max_samples also limits each corruption and severity.")
+    parser.add_argument("--corruption_workers", type=int, default=0, metavar="N",
                         help="Worker processes that corrupt (or read) images while the model runs (default 0: "
                              "in the main process); the images are the same whatever N.")
     parser.add_argument("--reference", metavar="MODEL",
                         help="Reference model for the corruption errors (e.g. the checkpoint before fine-tuning).")
-    parser.add_argument("--ood", action="append", default=[], metavar="NAME=SOURCE",
-                        help="Out-of-distribution set and its Hub id or folder, e.g. imagenet-r=/data/imagenet-r "
-                             "(repeatable; names: imagenet-a, imagenet-r, imagenet-v2, imagenet-sketch, "
-                             "stylized-imagenet, damagenet).")
-    parser.add_argument("--batch-size", type=int, default=32, help="Images per batch and process (default 32).")
+    parser.add_argument("--ood", type=comma_list, default=[], metavar="NAME=SOURCE,...",
+                        help="Out-of-distribution sets and their Hub ids or folders, e.g. "
+                             "imagenet-r=/data/imagenet-r,imagenet-a=/data/imagenet-a (names: imagenet-a, imagenet-r, "
+                             "imagenet-v2, imagenet-sketch, stylized-imagenet, damagenet).")
+    parser.add_argument("--batch_size", type=int, default=32, help="Images per batch and process (default 32).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of random starts and corruptions (default 0).")
-    parser.add_argument("--cache-dir", help="Keep corrupted images here and reuse them in later evaluations.")
+    parser.add_argument("--cache_dir", help="Keep corrupted images here and reuse them in later evaluations.")
     parser.add_argument("--output", metavar="JSON", help="Write the report as JSON to this file.")
     parser.add_argument("--markdown", action="store_true", help="Print the report as Markdown (Table-2 layout).")
-    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+    parser.add_argument("--no_progress", action="store_true", help="Hide the progress bars.")
+    return parser
 
 
 def build_attacks(args: argparse.Namespace) -> list[Attack]:
     """The attacks named by ``--attacks``, with the hyper-parameters given on the command line."""
-    from .attacks import ATTACKS, resolve_attacks
+    from nullspace_hf.evaluation.attacks import ATTACKS, resolve_attacks
 
-    names = [name.lower() for name in args.attacks]
-    if names == ["none"]:
-        return []
     options = {
         "fgsm": {"epsilon": args.epsilon},
         "pgd": {"epsilon": args.epsilon, "steps": args.pgd_steps, "step_size": args.pgd_step_size},
@@ -85,7 +99,7 @@ def build_attacks(args: argparse.Namespace) -> list[Attack]:
     return resolve_attacks([
         ATTACKS[name](**{key: value for key, value in options[name].items() if value is not None})
         if name in ATTACKS else name
-        for name in names
+        for name in (name.lower() for name in args.attacks)
     ])
 
 
@@ -94,7 +108,7 @@ def _ood_sources(entries: list[str]) -> dict[str, str]:
     for entry in entries:
         name, sep, source = entry.partition("=")
         if not sep or not name or not source:
-            raise ValueError(f"--ood takes NAME=SOURCE (e.g. imagenet-r=/data/imagenet-r), got {entry!r}.")
+            raise NullspaceError(f"--ood takes NAME=SOURCE (e.g. imagenet-r=/data/imagenet-r), got {entry!r}.")
         sources[name] = source
     return sources
 
@@ -109,30 +123,30 @@ def _process_state() -> PartialState:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from ..config import launched_without_accelerator
+    from nullspace_hf.processes import launched_without_accelerator
 
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or launched_without_accelerator())
 
 
-def run_evaluate(args: argparse.Namespace) -> RobustnessReport:
+def main(args: argparse.Namespace) -> RobustnessReport:
     """Run the evaluation the arguments describe; the main process prints the report and writes ``--output``."""
     from transformers.utils import logging as hf_logging
 
-    from ..checks import check_writable
-    from ..data import load_split
-    from .robustness import evaluate_robustness
+    from nullspace_hf.checks import check_writable
+    from nullspace_hf.data import load_split
+    from nullspace_hf.evaluation.robustness import evaluate_robustness
 
     state = _process_state()
     if args.output:  # every process checks, so that all stop together
         check_writable(os.path.dirname(os.path.abspath(args.output)), "The folder of --output")
         if os.path.isdir(args.output):
-            raise ValueError(f"--output {args.output!r} is a directory: give a file name such as results.json.")
+            raise NullspaceError(f"--output {args.output!r} is a directory: give a file name such as results.json.")
     hf_logging.disable_progress_bar()
     attacks = build_attacks(args)
     dataset = load_split(args.dataset, args.split)
     if args.max_samples is not None:
         if args.max_samples < 1:
-            raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}.")
+            raise NullspaceError(f"--max_samples must be >= 1, got {args.max_samples}.")
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     report = evaluate_robustness(
         args.model, dataset, attacks=attacks, corruptions=args.corruptions, severities=args.severities,
@@ -150,15 +164,10 @@ def run_evaluate(args: argparse.Namespace) -> RobustnessReport:
     return report
 
 
-def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``nullspace-hf evaluate`` on the ``nullspace-hf`` sub-parsers."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="Robustness report: attacks, corruptions (mCE) and OOD sets (paper §5, Table 2).",
-        description="Evaluate an image classifier under FGSM, PGD, CW, PatchFool and AutoAttack, common "
-                    "corruptions (on the fly, or the released ImageNet-C / CIFAR-10-C) and out-of-distribution "
-                    "sets; print a JSON or Markdown report.",
-    )
-    add_evaluate_arguments(parser)
-    parser.set_defaults(func=run_evaluate)
-    return parser
+def cli(argv: list[str]) -> int:
+    """Parse ``argv`` and run :func:`main` in this process; a user error is one line on stderr and exit status 2."""
+    return run_command(NAME, lambda: main(make_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))
