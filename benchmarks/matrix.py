@@ -142,9 +142,9 @@ def paper_search(trainer: NullspaceTrainer, round_index: int, held: list[torch.T
     started = time.perf_counter()
     result = synthesize_noise(trainer.model, trainer._synthesis_batches(round_index), eps=trainer.args.noise_eps,
                               generator=torch.Generator().manual_seed(1000 + round_index), **PAPER_SEARCH)
+    held_out = noise_influence(trainer.model, held, result.noise)["mse_prob"]
     return {"norm": result.norm, "rms": result.rms, "steps": result.steps, "mse_prob": result.mse_prob,
-            "reached": result.reached, "held_out_mse_prob": noise_influence(trainer.model, held, result.noise)["mse_prob"],
-            "seconds": time.perf_counter() - started}
+            "reached": result.reached, "held_out_mse_prob": held_out, "seconds": time.perf_counter() - started}
 
 
 def fidelity(trainer: NullspaceTrainer, recorder: RoundRecorder, held: list[torch.Tensor],

@@ -64,7 +64,7 @@ def training_args(cls, output_dir: str, args: argparse.Namespace, **extra):
 
 
 def build_trainer(kind: str, args: argparse.Namespace, rows: TensorRows, tmp: str, **noise) -> Trainer:
-    """A plain ``Trainer`` or a ``NullspaceTrainer`` with the benchmark's training arguments (and ``noise`` settings)."""
+    """A plain ``Trainer`` or a ``NullspaceTrainer`` with the benchmark's training arguments and ``noise`` settings."""
     model = AutoModelForImageClassification.from_pretrained(args.model, attn_implementation=args.attn)
     if kind == "plain":
         return Trainer(model=model, args=training_args(TrainingArguments, tmp, args), train_dataset=rows)

@@ -8,7 +8,14 @@ import math
 import pytest
 import torch
 
-from nullspace_hf import NoiseInjector, NullspaceConfig, NullspaceTrainer, noise_influence, random_noise, synthesize_noise
+from nullspace_hf import (
+    NoiseInjector,
+    NullspaceConfig,
+    NullspaceTrainer,
+    noise_influence,
+    random_noise,
+    synthesize_noise,
+)
 from nullspace_hf.data import TensorRows
 from nullspace_hf.noise import boundary_scale, probability_distance, relative_lr
 
@@ -315,7 +322,7 @@ def test_a_warm_round_keeps_the_previous_noise_while_the_model_tolerates_it(trai
     trainer.train()
     history = trainer.noise_history
     assert len(history) == 6
-    for previous, record in zip(history, history[1:]):
+    for previous, record in zip(history, history[1:], strict=False):
         assert EPS / 2 <= record["mse_prob"] < EPS and not record["budget_hit"], record
         assert record["norm"] >= 0.8 * previous["norm"], (previous, record)
         if record["start_mse_prob"] < EPS:
@@ -344,6 +351,7 @@ def test_token_scaled_descent_starts_at_the_start_and_rejects_a_negative_rate(tr
     model, batches, _ = trained_49_tokens
     init = torch.rand(49, 32, generator=torch.Generator().manual_seed(3)) * 6 - 3
     unchanged = synthesize_noise(model, batches, init=init, max_steps=0, band=None, token_lr=0.2)
-    torch.testing.assert_close(unchanged.noise, init, atol=1e-5, rtol=1e-5)  # 2·σ(0) = 1 exactly; 1e-5 for the float32 sum start + 0
+    # 2·σ(0) = 1 exactly; 1e-5 for the float32 sum start + 0
+    torch.testing.assert_close(unchanged.noise, init, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="token_lr"):
         synthesize_noise(model, batches, token_lr=-1.0)

@@ -132,7 +132,7 @@ def test_every_round_ends_just_inside_eps(tmp_path, family, schedule):
     trainer = NullspaceTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
     assert len(trainer.noise_history) == 3
-    for previous, record in zip([None, *trainer.noise_history], trainer.noise_history):
+    for previous, record in zip([None, *trainer.noise_history], trainer.noise_history, strict=False):
         assert 0.015 <= record["mse_prob"] < 0.03 and record["reached"], record
         if previous is not None and args.noise_warm_start and record["start_mse_prob"] < 0.03:
             assert record["steps"] == 0 and record["forward_steps"] >= 1, record
@@ -140,7 +140,7 @@ def test_every_round_ends_just_inside_eps(tmp_path, family, schedule):
             assert record["norm"] >= args.noise_warm_start_scale * previous["norm"] * (1 - 1e-5), (previous, record)
             continue
         assert record["steps"] + record["forward_steps"] > 1, record
-        if record["start_mse_prob"] < 0.03:  # a fresh start inside eps is grown out of it (forward passes), then searched
+        if record["start_mse_prob"] < 0.03:  # a fresh start inside eps is grown out of it (forward passes), searched
             assert record["forward_steps"] >= 2, record
     if schedule == "start-inside-eps":
         assert all(record["start_mse_prob"] < 0.03 / 10 for record in trainer.noise_history)
