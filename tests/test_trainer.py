@@ -189,6 +189,25 @@ def test_a_used_up_budget_is_logged_as_a_warning(tmp_path, dataset, caplog):
     assert logged[0]["noise/budget_hit"] == 1.0 and logged[0]["noise/start_mse_prob"] > 0.03
 
 
+def test_a_round_far_below_the_previous_norm_is_logged_as_a_warning(tmp_path, dataset, monkeypatch, caplog):
+    """A round whose noise ends below NORM_DROP_WARNING x the previous round's norm says so, with its norm and RMS."""
+    def shrinking(model, batches, **kwargs):
+        result = synthesize_noise(model, batches, **kwargs)
+        if kwargs["init"] is not None:  # every warm round: a tenth of what the search found
+            result.noise, result.norm = result.noise / 10, result.norm / 10
+        return result
+
+    monkeypatch.setattr(trainer_module, "synthesize_noise", shrinking)
+    trainer = NullspaceTrainer(model=_digits_model("vit")[0], args=_config(tmp_path, max_steps=4),
+                               train_dataset=dataset)
+    with caplog.at_level("WARNING", logger="nullspace_hf.trainer"):
+        trainer.train()
+    first, second = trainer.noise_history
+    drops = [m for m in caplog.messages if "noise norm fell" in m]
+    assert second["norm"] < trainer_module.NORM_DROP_WARNING * first["norm"] and len(drops) == 1, caplog.messages
+    assert f"{second['norm']:.3g} (RMS {second['rms']:.3g})" in drops[0] and "Noise round 1" in drops[0]
+
+
 def test_bare_algorithm_1_keeps_a_start_inside_eps(tmp_path, dataset):
     """noise_boundary_band=0 is the bare stop rule: a start inside eps is used as it is (0 steps)."""
     trainer = _trainer(tmp_path, dataset, max_steps=3, noise_init_limit=1e-4, noise_boundary_band=0.0)
