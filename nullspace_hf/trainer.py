@@ -296,7 +296,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
             logger.warning(
                 f"Noise round {round_index}: the synthesis used its whole budget of {budget} gradient steps "
                 f"({setting}) without entering eps = {eps}; "
-                + (f"the noise was scaled into eps along its direction (final mse_prob {result.mse_prob:.3g})."
+                + (f"the noise was scaled into eps (final mse_prob {result.mse_prob:.3g}, norm {result.norm:.3g})."
                    if result.reached else f"the noise is outside eps (mse_prob {result.mse_prob:.3g}).")
                 + f" Raise {setting} for a fully searched noise."
             )
