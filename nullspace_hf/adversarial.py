@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from .config import BaseConfig
+from .distributed import FullyShardedMixin
 from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
 from .lora import PeftSaveMixin, wrap_with_peft
@@ -166,7 +167,7 @@ def trades_loss(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tens
     return F.cross_entropy(logits, labels) + beta * robust, logits
 
 
-class AdversarialTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, Trainer):
+class AdversarialTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyShardedMixin, Trainer):
     """A ``transformers.Trainer`` for PGD adversarial fine-tuning (Madry or TRADES), the baselines of Table 3.
 
     The attack needs to know what one pixel is in the model's input: pass the image processor as

@@ -30,6 +30,7 @@ from .checkpoint import (
 from .checks import NonFiniteError, check_finite_weights, check_writable
 from .config import NullspaceConfig
 from .data import check_label_range
+from .distributed import FullyShardedMixin
 from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
 from .lora import PeftSaveMixin, wrap_with_peft
@@ -87,7 +88,7 @@ class _StreamLoader(DataLoader):
             yield batch
 
 
-class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, Trainer):
+class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyShardedMixin, Trainer):
     """A ``transformers.Trainer`` that fine-tunes a ViT on CE(clean) + w·CE(clean + ṽ) (Eq. 6, Algorithm 1).
 
     At step 0 and every ``noise_refresh_steps`` optimizer steps, a new encoder-level noise ṽ of shape
