@@ -311,6 +311,10 @@ def _run(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
         compute_metrics=None if data.validation is None else accuracy,
         data_collator=collate_image_classification, processing_class=processor,
     )
+    card = trainer.model_card_data  # what every card of the run (checkpoints too) names
+    card.dataset_name, card.license = dataset_name, script_args.license
+    card.dataset_id = None if script_args.dataset_name == "digits" else script_args.dataset_name
+    trainer.add_robustness_report("before", before)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -326,6 +330,7 @@ def _run(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
                      columns)
     after.model = training_args.hub_model_id or training_args.output_dir
     results["after"] = after.to_dict()
+    trainer.add_robustness_report("after", after)
     robustness = {f"{run}_{metric}": value for run, report in results.items()
                   for metric, value in report["summary"].items()}
     trainer.save_metrics("robustness", robustness)
@@ -337,8 +342,7 @@ def _run(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
             plot_noise_dynamics(trainer.noise_history, output / "noise_dynamics.png", eps=training_args.noise_eps,
                                 band=training_args.noise_boundary_band)
             print(f"Noise rounds (eps = {training_args.noise_eps}):\n{noise_rounds_table(trainer.noise_history)}")
-        hub_dataset = None if script_args.dataset_name == "digits" else script_args.dataset_name
-        trainer.create_model_card(dataset_name=dataset_name, dataset_id=hub_dataset, license=script_args.license)
+        trainer.create_model_card()
         print_table(results)
         print(f"Wrote {output}: model.safetensors, README.md (model card), {RESULTS_FILE}, noise files"
               + (", noise_dynamics.png" if trainer.noise_history else ""))
