@@ -11,20 +11,9 @@ from accelerate import PartialState
 from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback, ViTConfig, ViTForImageClassification
 
+from two_rank_training import Rows  # this folder is on sys.path when the script runs
+
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
-
-
-class Rows(torch.utils.data.Dataset):
-    def __init__(self, count: int) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.pixels = torch.randn(count, 3, 16, 16, generator=generator)
-        self.labels = torch.randint(0, 4, (count,), generator=generator)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"pixel_values": self.pixels[index], "labels": self.labels[index]}
 
 
 class ShardingProbe(TrainerCallback):
