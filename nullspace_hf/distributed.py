@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType
 
@@ -31,24 +32,31 @@ def fsdp_launch_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def fsdp_plugin_on_cpu(accelerator: Any, plugin: Any | None) -> Any | None:
-    """The FSDP plugin to switch a CPU job to, or ``None`` when FSDP was not asked for or is already on.
+def requested_fsdp_version(training_args: Any) -> int | None:
+    """The FSDP version the run asks for (``TrainingArguments.fsdp`` or ``accelerate launch --use_fsdp
+    --fsdp_version``; accelerate's default is 1), or ``None`` without FSDP."""
+    if training_args.fsdp_plugin_args is not None:
+        return int(training_args.fsdp_plugin_args.get("fsdp_version", 1))
+    if fsdp_launch_requested():
+        return int(os.environ.get("FSDP_VERSION", "1"))
+    return None
+
+
+def check_fsdp_on_cpu(version: int | None) -> None:
+    """Nothing for no FSDP or version 2; one clear error for version 1, which cannot run on the CPU.
 
     Raises:
         ValueError: FSDP version 1 on the CPU (only version 2, ``fully_shard``, runs there).
     """
-    if plugin is None or accelerator.state.distributed_type != DistributedType.MULTI_CPU:
-        return None
-    if plugin.fsdp_version != 2:
-        raise ValueError(f"FSDP version {plugin.fsdp_version} cannot shard on the CPU (torch's FullyShardedDataParallel "
-                         "needs an accelerator): launch with --fsdp_version 2 (fsdp_config: fsdp_version: 2), "
-                         "or without --use_fsdp for DDP.")
-    return plugin
+    if version is not None and version != 2:
+        raise ValueError(f"FSDP version {version} cannot shard on the CPU (torch's FullyShardedDataParallel needs an "
+                         "accelerator): launch with --fsdp_version 2 (fsdp_config: fsdp_version: 2), or without "
+                         "--use_fsdp for DDP.")
 
 
 class FullyShardedMixin:
-    """FSDP as launched: version 2 applied to processes on the CPU, the final model saved as one plain full checkpoint whatever ``fsdp_state_dict_type`` is
-    (see the module's docstring).
+    """FSDP as launched: version 2 applied to processes on the CPU (version 1 there is one error), the final model
+    saved as one plain full checkpoint whatever ``fsdp_state_dict_type`` is (see the module's docstring).
 
     Mix in before ``transformers.Trainer``.
     """
@@ -65,11 +73,14 @@ class FullyShardedMixin:
         return args
 
     def create_accelerator_and_postprocess(self) -> None:
+        on_cpu = self.args.use_cpu or not torch.accelerator.is_available()
+        if on_cpu:
+            check_fsdp_on_cpu(requested_fsdp_version(self.args))
         super().create_accelerator_and_postprocess()
-        plugin = fsdp_plugin_on_cpu(self.accelerator, self._fsdp_plugin)
-        if plugin is None:
-            return
+        plugin = self._fsdp_plugin
         state = self.accelerator.state
+        if not on_cpu or plugin is None or state.distributed_type != DistributedType.MULTI_CPU:
+            return
         if state.mixed_precision != "no":
             plugin.set_mixed_precision(state.mixed_precision)
         state.distributed_type = DistributedType.FSDP  # as AcceleratorState does it for accelerator devices:

@@ -13,7 +13,7 @@ import torch
 from accelerate.utils import DistributedType
 from transformers import ViTForImageClassification
 
-from nullspace_hf.distributed import fsdp_plugin_on_cpu
+from nullspace_hf.distributed import check_fsdp_on_cpu, requested_fsdp_version
 
 from .helpers import free_port
 
@@ -61,12 +61,15 @@ def test_fsdp2_on_two_cpu_processes_shards_and_saves_what_ddp_saves(tmp_path):
     torch.testing.assert_close(ranks[0]["noise"], noise, atol=1e-4, rtol=1e-5)
 
 
-def test_fsdp1_on_the_cpu_is_one_clear_error():
-    accelerator = SimpleNamespace(state=SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
+def test_fsdp1_on_the_cpu_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp --fsdp_version 1` sets
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    args = SimpleNamespace(fsdp_plugin_args=None)
+    assert requested_fsdp_version(args) == 1
     with pytest.raises(ValueError, match="FSDP version 1 cannot shard on the CPU.*--fsdp_version 2"):
-        fsdp_plugin_on_cpu(accelerator, SimpleNamespace(fsdp_version=1))
-    plugin = SimpleNamespace(fsdp_version=2)
-    assert fsdp_plugin_on_cpu(accelerator, plugin) is plugin
-    assert fsdp_plugin_on_cpu(accelerator, None) is None
-    on_gpu = SimpleNamespace(state=SimpleNamespace(distributed_type=DistributedType.FSDP))
-    assert fsdp_plugin_on_cpu(on_gpu, plugin) is None  # accelerate already applied it
+        check_fsdp_on_cpu(requested_fsdp_version(args))
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    check_fsdp_on_cpu(requested_fsdp_version(args))
+    assert requested_fsdp_version(SimpleNamespace(fsdp_plugin_args={"fsdp_version": 2})) == 2
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    assert requested_fsdp_version(args) is None

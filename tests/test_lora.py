@@ -42,6 +42,9 @@ def test_only_adapters_and_head_train_and_the_saved_model_is_merged(tmp_path, tr
     trainer = _trainer(trainer_class, tmp_path / "out")
     before = {name: value.detach().clone() for name, value in trainer.model.named_parameters()}
     trainer.train()
+    if trainer_class is NullspaceTrainer:  # the noise hook sits on the patch embedding inside the peft model
+        assert trainer.injector.module is trainer.model.get_base_model().vit.embeddings.patch_embeddings
+        assert len(trainer.noise_history) == 2
     trainable = {name for name, value in trainer.model.named_parameters() if value.requires_grad}
     assert trainable and all("lora_" in name or "modules_to_save" in name for name in trainable)
     changed = {name for name, value in trainer.model.named_parameters() if not torch.equal(value, before[name])}
