@@ -1,4 +1,4 @@
-"""FSDP version 2 under ``accelerate launch --use_fsdp`` really shards, also on CPU processes, and trains as DDP does."""
+"""FSDP version 2 under ``accelerate launch --use_fsdp`` really shards, on CPU processes too, and trains as DDP does."""
 
 from __future__ import annotations
 

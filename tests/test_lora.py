@@ -79,7 +79,8 @@ def test_a_lora_checkpoint_resumes_with_its_adapters(tmp_path, monkeypatch):
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 4
     torch.testing.assert_close(resumed.noise, whole.noise, atol=1e-5, rtol=1e-4)
-    for (name, value), (_, reference) in zip(resumed.model.named_parameters(), whole.model.named_parameters()):
+    for (name, value), (_, reference) in zip(resumed.model.named_parameters(), whole.model.named_parameters(),
+                                                    strict=True):
         if "lora_" in name or "modules_to_save" in name:
             # the same steps on the same batches from the restored adapters and optimizer: float32 rounding only
             torch.testing.assert_close(value, reference, atol=1e-5, rtol=1e-4, msg=name)

@@ -10,7 +10,6 @@ import torch
 from accelerate import PartialState
 from torch.distributed.tensor import DTensor
 from transformers import TrainerCallback, ViTConfig, ViTForImageClassification
-
 from two_rank_training import Rows  # this folder is on sys.path when the script runs
 
 from nullspace_hf import NullspaceConfig, NullspaceTrainer
@@ -45,7 +44,8 @@ def main(output_dir: str, overrides: dict) -> None:
     trainer.save_model()
     rank = trainer.args.process_index
     torch.save({"world_size": trainer.args.world_size, "distributed_type": str(trainer.accelerator.distributed_type),
-                "noise": None if trainer.noise is None else trainer.noise.cpu(), "history": trainer.noise_history, "sharded": probe.sharded,
+                "noise": None if trainer.noise is None else trainer.noise.cpu(), "history": trainer.noise_history,
+                "sharded": probe.sharded,
                 "plain": sorted(set(probe.plain))}, Path(output_dir) / f"rank{rank}.pt")
 
 
