@@ -63,9 +63,12 @@ class FullyShardedMixin:
 
     _fsdp_plugin: Any | None = None
 
+    def _on_cpu(self) -> bool:
+        return self.args.use_cpu or not torch.accelerator.is_available()
+
     def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
         args = super()._build_accelerator_args(**kwargs)
-        if args.get("fsdp_plugin") is None and fsdp_launch_requested():
+        if args.get("fsdp_plugin") is None and fsdp_launch_requested() and self._on_cpu():
             from accelerate.utils import FullyShardedDataParallelPlugin
 
             args["fsdp_plugin"] = FullyShardedDataParallelPlugin()  # what Accelerator builds from the environment
@@ -73,7 +76,7 @@ class FullyShardedMixin:
         return args
 
     def create_accelerator_and_postprocess(self) -> None:
-        on_cpu = self.args.use_cpu or not torch.accelerator.is_available()
+        on_cpu = self._on_cpu()
         if on_cpu:
             check_fsdp_on_cpu(requested_fsdp_version(self.args))
         super().create_accelerator_and_postprocess()
