@@ -74,8 +74,11 @@ def _shown(value: Any) -> Any:
 def default_config(args: Any) -> Any:
     """A config of ``args``'s class with every default: what ``__post_init__`` derives (enums, the device, the CPU
     multi-process fix) then compares like with like. Build it before the Trainer creates its ``Accelerator``:
-    building a ``TrainingArguments`` resets accelerate's state."""
-    return type(args)(output_dir=args.output_dir)
+    building a ``TrainingArguments`` resets accelerate's state, unless it is told to use the state already
+    configured (``accelerator_config.use_configured_state``), which the reference then shares."""
+    configured = getattr(args.accelerator_config, "use_configured_state", False)
+    return type(args)(output_dir=args.output_dir, **({"accelerator_config": args.accelerator_config} if configured
+                                                     else {}))
 
 
 def changed_settings(args: Any, reference: Any) -> dict[str, tuple[Any, Any]]:
