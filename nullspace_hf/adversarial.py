@@ -20,9 +20,11 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from .config import BaseConfig
+from .distributed import FullyShardedMixin
 from .errors import NullspaceError
 from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
+from .lora import PeftSaveMixin, wrap_with_peft
 from .modeling import float_logits, frozen_eval
 from .pixels import InputBox, PixelTransform
 
@@ -167,7 +169,7 @@ def trades_loss(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tens
     return F.cross_entropy(logits, labels) + beta * robust, logits
 
 
-class AdversarialTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
+class AdversarialTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyShardedMixin, Trainer):
     """A ``transformers.Trainer`` for PGD adversarial fine-tuning (Madry or TRADES), the baselines of Table 3.
 
     The attack needs to know what one pixel is in the model's input: pass the image processor as
@@ -178,6 +180,8 @@ class AdversarialTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
         model: an image-classification model (``model(pixel_values=...).logits``).
         args: an :class:`AdversarialConfig`.
         pixel_transform: the input normalisation; read from ``processing_class`` when not given.
+        peft_config: a peft config (``peft.LoraConfig``): only its adapters and ``modules_to_save`` train, and the
+            saved model is a plain checkpoint with the adapters merged (:mod:`~nullspace_hf.lora`).
         **kwargs: any other ``transformers.Trainer`` argument.
     """
 
@@ -185,7 +189,7 @@ class AdversarialTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, model: PreTrainedModel | None = None, args: AdversarialConfig | None = None,
-                 pixel_transform: PixelTransform | None = None, **kwargs: Any):
+                 pixel_transform: PixelTransform | None = None, peft_config: Any | None = None, **kwargs: Any):
         if not isinstance(args, AdversarialConfig):
             raise NullspaceError(f"AdversarialTrainer needs an AdversarialConfig as `args`, got {type(args).__name__}.")
         if model is None or not isinstance(model, nn.Module):
@@ -196,6 +200,7 @@ class AdversarialTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
                 raise NullspaceError("AdversarialTrainer needs the model's image processor as `processing_class` "
                                      "(or `pixel_transform=`) to express the pixel-space budget on its input.")
             pixel_transform = PixelTransform.from_processor(processor, model.config.num_channels)
+        model = wrap_with_peft(model, peft_config, args)
         super().__init__(model=model, args=args, **kwargs)
         self.box = InputBox.from_transform(pixel_transform)
 

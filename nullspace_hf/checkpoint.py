@@ -39,7 +39,7 @@ logger = logging.get_logger(__name__)
 
 def incomplete_reason(checkpoint: str) -> str | None:
     """Why ``checkpoint`` cannot be resumed from (no weights, no or broken trainer state); ``None`` if it can."""
-    if not any(os.path.isfile(os.path.join(checkpoint, name)) for name in WEIGHT_FILES):
+    if not any(os.path.exists(os.path.join(checkpoint, name)) for name in WEIGHT_FILES):
         return f"no model weights ({WEIGHT_FILES[0]})"
     try:
         with open(os.path.join(checkpoint, TRAINER_STATE), encoding="utf-8") as handle:

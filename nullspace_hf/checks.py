@@ -18,8 +18,9 @@ from torch import nn
 
 from .errors import NullspaceError
 
-# Files holding a model's weights (a full model, a sharded one, an adapter).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
+# Files holding a model's weights (a full model, a sharded one, an adapter, accelerate's FSDP sharded state folder).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors",
+                "pytorch_model_fsdp_0")
 # Files whose presence means an output directory holds an earlier run's results.
 RUN_FILES = (*WEIGHT_FILES, "trainer_state.json", "results.json", "training_args.bin")
 

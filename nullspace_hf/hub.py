@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoint import STAGING_PREFIX
 from .errors import NullspaceError
 from .lock import HOLDER_FILE, LOCK_FILE
+from .model_card import ModelCardCallback, RunCardData, changed_settings, default_config, method_setting_names
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 RESULTS_FILE = "results.json"
-# The card lists every field its config class adds to TrainingArguments, and these of TrainingArguments.
-TRAINING_HYPERPARAMETERS = ("learning_rate", "max_steps", "per_device_train_batch_size", "seed",
-                            "label_smoothing_factor")
 FRAMEWORKS = ("nullspace-hf", "transformers", "torch", "accelerate", "datasets")
-
-
-def hyperparameter_names(config_class: type | None = None) -> tuple[str, ...]:
-    """The settings a model card lists: the fields ``config_class`` (default ``NullspaceConfig``) adds to
-    :class:`~nullspace_hf.config.BaseConfig`, then :data:`TRAINING_HYPERPARAMETERS`."""
-    from dataclasses import fields
-
-    from .config import BaseConfig, NullspaceConfig
-
-    inherited = {f.name for f in fields(BaseConfig)}
-    added = tuple(f.name for f in fields(config_class or NullspaceConfig) if f.name not in inherited)
-    return added + TRAINING_HYPERPARAMETERS
 
 
 def framework_versions() -> dict[str, str]:
@@ -46,31 +32,50 @@ def framework_versions() -> dict[str, str]:
     return versions
 
 
-PAPER_CITATION = """@article{liu2024approximate,
+PAPER_CITATION = """@misc{liu2024approximate,
   title={Approximate Nullspace Augmented Finetuning for Robust Vision Transformers},
   author={Liu, Haoyang and Singh, Aditya and Li, Yijiang and Wang, Haohan},
-  journal={arXiv preprint},
-  year={2024}
+  year={2024},
+  eprint={2403.10476},
+  archivePrefix={arXiv},
+  primaryClass={cs.CV},
+  url={https://arxiv.org/abs/2403.10476}
 }"""
 PUSH_EXCLUDE = ("checkpoint-*/*", f"{STAGING_PREFIX}checkpoint-*/*", "corruption_cache/*", LOCK_FILE, HOLDER_FILE)
 SUMMARY_METRICS = {"clean": "Clean accuracy", "fgsm": "FGSM accuracy", "autoattack": "AutoAttack robust accuracy",
                    "corruption": "Mean corruption accuracy"}
 
 
+def _number(record: dict[str, Any], key: str, spec: str) -> str:
+    """``record[key]`` formatted, or ``–`` where an older record lacks it."""
+    return "–" if record.get(key) is None else format(record[key], spec)
+
+
 def noise_rounds_table(noise_history: list[dict[str, Any]]) -> str:
-    """Markdown table of every round's synthesis: start and final mse_prob, gradient and forward steps, norm."""
+    """Markdown table of every round's synthesis: start and final mse_prob, gradient and forward steps, the
+    noise's norm and RMS per element, and whether it used up its gradient budget."""
     lines = ["| round | step | start mse_prob | final mse_prob | gradient steps | forward-only passes | noise norm "
-             "| budget used up |", "|---|---|---|---|---|---|---|---|"]
+             "| RMS per element | budget used up |", "|---|---|---|---|---|---|---|---|---|"]
     for r in noise_history:
-        lines.append(f"| {r['round']} | {r['step']} | {r.get('start_mse_prob', float('nan')):.3g} | "
-                     f"{r['mse_prob']:.4f} "
-                     f"| {r['steps']} | {r.get('forward_steps', 0)} | {r['norm']:.3f} | "
+        lines.append(f"| {r['round']} | {r['step']} | {_number(r, 'start_mse_prob', '.3g')} | {r['mse_prob']:.4f} "
+                     f"| {r['steps']} | {r.get('forward_steps', 0)} | {r['norm']:.3f} | {_number(r, 'rms', '.4g')} | "
                      f"{'yes' if r.get('budget_hit') else 'no'} |")
     return "\n".join(lines)
 
 
+def evaluations_table(evaluations: list[dict[str, Any]]) -> str:
+    """Markdown table of the evaluations during training: one row per evaluation, one column per metric (timings
+    left out)."""
+    metrics = list(dict.fromkeys(key for entry in evaluations for key in entry if key not in ("step", "epoch")
+                                 and not key.endswith(("_runtime", "_per_second"))))
+    lines = ["| step | " + " | ".join(f"`{metric}`" for metric in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for entry in evaluations:
+        lines.append(f"| {entry['step']} | " + " | ".join(_number(entry, metric, '.4g') for metric in metrics) + " |")
+    return "\n".join(lines)
+
+
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown table of the ``summary`` of every report in ``results.json`` (``before``, ``after``, ...)."""
+    """Markdown table of the ``summary`` of every robustness report (``before``, ``after``, ...)."""
     runs = {name: report["summary"] for name, report in results.items() if isinstance(report, dict)
             and "summary" in report}
     if not runs:
@@ -142,49 +147,51 @@ def build_model_card(
     repo_id: str,
     args: Any,
     noise_history: list[dict[str, Any]],
-    results: dict[str, Any] | None = None,
+    data: RunCardData | None = None,
     base_model: str | None = None,
-    dataset_name: str | None = None,
-    dataset_id: str | None = None,
-    citation: str = "",
+    citation: str = PAPER_CITATION,
     tags: tuple[str, ...] | list[str] = (),
-    license: str | None = None,
+    defaults: Any | None = None,
 ) -> ModelCard:
     """A model card from the package's template: card data with ``model-index``, results, settings, noise statistics.
 
     Args:
         model_name: title of the card (usually the repository name).
         repo_id: what ``from_pretrained`` takes in the loading snippet: the Hub id, or the local directory.
-        args: the run's config (``NullspaceConfig`` or ``AdversarialConfig``); the fields it adds to
-            ``TrainingArguments`` are listed.
-        noise_history: one dict per round (``round, step, norm, steps, forward_steps, start_mse_prob, mse_prob,
-            reached, budget_hit``); empty without noise.
-        results: the contents of ``results.json`` (``{"before": report, "after": report}``, each with a
-            ``summary``), if any.
+        args: the run's config (``NullspaceConfig`` or ``AdversarialConfig``): every setting the method adds is
+            listed, and every other one that differs from its default.
+        noise_history: one dict per round (``round, step, norm, rms, steps, forward_steps, start_mse_prob,
+            mse_prob, reached, budget_hit``); empty without noise.
+        data: what the run collected (:class:`~nullspace_hf.model_card.RunCardData`): the robustness reports
+            (``after``, else the last one, becomes the ``model-index``), the evaluations during training, the
+            dataset and the license.
         base_model: the checkpoint that was fine-tuned: a Hub id (linked, and the card's ``base_model``) or
             a local path (named only).
-        dataset_name: the fine-tuning dataset's name, as shown in the card.
-        dataset_id: the dataset's Hub id, for the card's ``datasets`` metadata (a local path is left out).
         citation: BibTeX of the paper.
         tags: the card's tags (the trainer's ``_tag_names``).
-        license: the card's license (an SPDX id such as ``apache-2.0``); none: the base model's applies.
+        defaults: the config with every default to compare ``args`` with
+            (:func:`~nullspace_hf.model_card.default_config`; built here when not given, which resets accelerate's
+            state: a trainer passes the one it built before its ``Accelerator``).
     """
+    data = data or RunCardData()
+    results = data.robustness
     eval_results = []
-    after = (results or {}).get("after")
+    after = results.get("after", results[next(reversed(results))] if results else None)
+    dataset_name, license = data.dataset_name, data.license
     if after and "summary" in after:
         details = after.get("summary_details", {})
         for metric, value in after["summary"].items():
             conditions = details.get(metric)
             eval_results.append(EvalResult(
                 task_type="image-classification",
-                dataset_type=_hub_id(dataset_id) or dataset_name or after.get("dataset", "unknown"),
+                dataset_type=_hub_id(data.dataset_id) or dataset_name or after.get("dataset", "unknown"),
                 dataset_name=dataset_name or after.get("dataset", "unknown"), dataset_split="test",
                 metric_type="accuracy", metric_name=SUMMARY_METRICS.get(metric, f"{metric.upper()} accuracy"),
                 metric_value=round(float(value), 4),
                 metric_config=threat_text(conditions) if conditions else None,
                 metric_args={key: item for key, item in conditions.items() if key != "value"} if conditions else None,
             ))
-    hub_base, hub_dataset = _hub_id(base_model), _hub_id(dataset_id)
+    hub_base, hub_dataset = _hub_id(base_model), _hub_id(data.dataset_id)
     if hub_base:
         base_model_text = f"[{hub_base}](https://huggingface.co/{hub_base})"
     else:
@@ -196,53 +203,69 @@ def build_model_card(
         eval_results=eval_results or None,
     )
     mode = getattr(args, "adversarial_method", None) or getattr(args, "noise_mode", "nullspace")
-    hyperparameters = {key: getattr(args, key) for key in hyperparameter_names(type(args)) if hasattr(args, key)}
+    method_settings = {name: getattr(args, name) for name in method_setting_names(type(args))}
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=model_name, repo_id=repo_id,
         base_model_text=base_model_text, dataset_name=dataset_name, method_name=METHODS.get(mode, "fine-tuning"),
         noise_method=mode in ("nullspace", "random"), refresh_steps=getattr(args, "noise_refresh_steps", 40),
-        results_table=results_table(results or {}), hyperparameters=hyperparameters, noise_rounds=noise_history,
-        noise_table=noise_rounds_table(noise_history) if noise_history else "", citation=citation,
-        license=license, frameworks=framework_versions(),
+        results_table=results_table(results), method_settings=method_settings,
+        changed_settings=changed_settings(args, defaults or default_config(args)),
+        evaluations_table=evaluations_table(data.evaluations) if data.evaluations else "",
+        noise_rounds=noise_history, noise_table=noise_rounds_table(noise_history) if noise_history else "",
+        citation=citation, license=license, frameworks=framework_versions(),
     )
 
 
-def read_results(output_dir: str) -> dict[str, Any] | None:
-    """The ``results.json`` of an output directory, if there is one."""
-    path = Path(output_dir) / RESULTS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 class ModelCardMixin:
-    """``create_model_card`` for this package's trainers (TRL's pattern): the class's ``_tag_names`` are the
-    card's tags and the model's ``model_tags``, the paper is cited, and the card is written from
-    :func:`build_model_card`. Mix in before ``transformers.Trainer``."""
+    """The model card of this package's trainers (TRL's pattern, sentence-transformers' card data): the class's
+    ``_tag_names`` are the card's tags and the model's ``model_tags``, the paper is cited, and the card is rendered
+    by :func:`build_model_card` from what the run collected (``model_card_data``), the noise history and the
+    config; ``output_dir`` and every checkpoint get it as ``README.md``. Mix in before ``transformers.Trainer``."""
 
     _tag_names: list[str] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        config = kwargs.get("args")
+        self._default_args = None if config is None else default_config(config)  # before the Accelerator exists
         super().__init__(*args, **kwargs)
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
+        self.model_card_data = RunCardData()
+        self.add_callback(ModelCardCallback(self.model_card_data))
+
+    def add_robustness_report(self, name: str, report: Any) -> None:
+        """Put a robustness report (``evaluate_robustness``'s, or its dict) on the card under ``name``
+        (``"before"``, ``"after"``: the ``after`` report becomes the card's ``model-index``)."""
+        self.model_card_data.add_robustness_report(name, report)
+
+    def model_card(self, model_name: str | None = None) -> ModelCard:
+        """The card of the run so far, with the Hub id (``hub_model_id``) or, without one, ``output_dir`` to load."""
+        repo_id = self.args.hub_model_id or self.args.output_dir
+        base = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
+        return build_model_card(
+            model_name=model_name or os.path.basename(os.path.normpath(repo_id)), repo_id=repo_id, args=self.args,
+            noise_history=getattr(self, "noise_history", []), data=self.model_card_data, base_model=base,
+            tags=self._tag_names, defaults=self._default_args,
+        )
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
                           dataset_id: str | None = None, license: str | None = None, **kwargs: Any) -> None:
-        """Write ``README.md`` in ``output_dir``: settings, every noise round, the results of
-        ``output_dir/results.json`` (as a ``model-index``) when present, and a loading snippet with the Hub id
-        (``hub_model_id``) or, without one, the local directory. ``Trainer.push_to_hub`` calls it before uploading.
-        """
-        if not self.is_world_process_zero():
-            return
-        output_dir = self.args.output_dir
-        repo_id = self.args.hub_model_id or output_dir
-        card = build_model_card(
-            model_name=model_name or os.path.basename(os.path.normpath(repo_id)), repo_id=repo_id, args=self.args,
-            noise_history=getattr(self, "noise_history", []), results=read_results(output_dir),
-            base_model=getattr(self.model.config, "_name_or_path", None) or None,
-            dataset_name=dataset_name or kwargs.get("dataset"), dataset_id=dataset_id, citation=PAPER_CITATION,
-            tags=self._tag_names, license=license,
-        )
-        card.save(os.path.join(output_dir, "README.md"))
+        """Write the card (:meth:`model_card`) as ``output_dir/README.md``; the dataset and license given are kept
+        for the later cards too. ``Trainer.push_to_hub`` calls it before uploading."""
+        data = self.model_card_data
+        data.dataset_name = dataset_name or kwargs.get("dataset") or data.dataset_name
+        data.dataset_id = dataset_id or data.dataset_id
+        data.license = license or data.license
+        if self.is_world_process_zero():
+            self.model_card(model_name).save(os.path.join(self.args.output_dir, "README.md"))
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """``Trainer._save_checkpoint``, then the card of the run so far into the checkpoint (a pushed checkpoint
+        has one)."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.model_card().save(os.path.join(folder, "README.md"))
 
 
 class HubPushError(NullspaceError):
@@ -253,7 +276,7 @@ def check_push_settings(repo_id: str, token: str | None) -> None:
     """Before any work: a push to ``repo_id`` can happen (a valid Hub id, a token, the Hub not switched off).
 
     Raises:
-        ValueError: what to change (``--hub_model_id``, the login, ``HF_HUB_OFFLINE``).
+        NullspaceError: what to change (``--hub_model_id``, the login, ``HF_HUB_OFFLINE``).
     """
     from huggingface_hub import constants, get_token
 

@@ -202,20 +202,24 @@ def frozen_eval(*models: nn.Module) -> Iterator[None]:
 
     Noise synthesis, adversarial example search, attacks and saliency maps need gradients with respect to
     their input only; with the weights frozen, their backward passes leave every ``.grad`` untouched, also
-    when they run in the middle of training.
+    when they run in the middle of training. The flags are restored on the parameter objects frozen and on
+    those the model holds at the end, by name: FSDP2 swaps its sharded parameters for unsharded ones in a
+    forward and may leave them so (its root unit), and those must train again too.
     """
-    states = [(model, model.training, [(parameter, parameter.requires_grad) for parameter in model.parameters()])
-              for model in models]
-    for model, _, flags in states:
+    states = [(model, model.training, [(parameter, parameter.requires_grad) for parameter in model.parameters()],
+               {name: parameter.requires_grad for name, parameter in model.named_parameters()}) for model in models]
+    for model, _, flags, _ in states:
         model.eval()
         for parameter, _ in flags:
             parameter.requires_grad_(False)
     try:
         yield
     finally:
-        for model, was_training, flags in reversed(states):
+        for model, was_training, flags, by_name in reversed(states):
             for parameter, flag in flags:
                 parameter.requires_grad_(flag)
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(by_name.get(name, parameter.requires_grad))
             model.train(was_training)
 
 

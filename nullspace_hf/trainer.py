@@ -30,9 +30,11 @@ from .checkpoint import (
 from .checks import NonFiniteError, check_finite_weights, check_writable
 from .config import NullspaceConfig
 from .data import check_label_range
+from .distributed import FullyShardedMixin
 from .errors import NullspaceError
 from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
+from .lora import PeftSaveMixin, wrap_with_peft
 from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
 from .pixels import PixelTransform
 
@@ -89,7 +91,7 @@ class _StreamLoader(DataLoader):
             yield batch
 
 
-class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
+class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyShardedMixin, Trainer):
     """A ``transformers.Trainer`` that fine-tunes a ViT on CE(clean) + w·CE(clean + ṽ) (Eq. 6, Algorithm 1).
 
     At step 0 and every ``noise_refresh_steps`` optimizer steps, a new encoder-level noise ṽ of shape
@@ -113,6 +115,9 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
         model: a ViT-family ``PreTrainedModel`` with a patch ``Conv2d`` (``modeling.patch_embedding`` finds it: ViT,
             DeiT, BEiT, Dinov2, CLIP, SigLIP, timm, ...).
         args: a :class:`NullspaceConfig`.
+        peft_config: a peft config (``peft.LoraConfig(target_modules=["q_proj", "v_proj"],
+            modules_to_save=["classifier"])``): only its adapters and ``modules_to_save`` train, and the saved
+            model is a plain checkpoint with the adapters merged (:mod:`~nullspace_hf.lora`).
         **kwargs: any other ``transformers.Trainer`` argument.
     """
 
@@ -120,7 +125,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
     # compute_loss returns a per-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model: PreTrainedModel | None = None, args: NullspaceConfig | None = None, **kwargs: Any):
+    def __init__(self, model: PreTrainedModel | None = None, args: NullspaceConfig | None = None,
+                 peft_config: Any | None = None, **kwargs: Any):
         if args is None:
             args = NullspaceConfig(output_dir="tmp_trainer")
         if not isinstance(args, NullspaceConfig):
@@ -130,6 +136,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, Trainer):
             )
         if model is None or not isinstance(model, nn.Module):
             raise NullspaceError("NullspaceTrainer needs `model`: a ViT-family model instance (e.g. from_pretrained).")
+        model = wrap_with_peft(model, peft_config, args)
         self.injector = NoiseInjector(model) if args.noise_mode != "none" else None
         check_writable(args.output_dir, "output_dir")
         super().__init__(model=model, args=args, **kwargs)

@@ -13,7 +13,8 @@ import torch
 import yaml
 from huggingface_hub import ModelCard
 
-from nullspace_hf.hub import hyperparameter_names
+from nullspace_hf import NullspaceConfig
+from nullspace_hf.model_card import method_setting_names
 from nullspace_hf.parsing import parse_with_config
 
 from .helpers import RECIPE, load_recipe, recipe_args, run_recipe, save_tiny_model
@@ -51,9 +52,8 @@ def test_config_with_unknown_keys_is_refused(recipe, tmp_path):
 
 
 def test_the_card_lists_every_setting_nullspace_config_adds():
-    names = hyperparameter_names()
-    for name in ("noise_mode", "noise_warm_lr", "ema_decay", "train_ratio", "mixup_prob", "rand_augment_ops",
-                 "label_smoothing_factor", "learning_rate"):
+    names = method_setting_names(NullspaceConfig)
+    for name in ("noise_mode", "noise_warm_lr", "ema_decay", "train_ratio", "mixup_prob", "rand_augment_ops"):
         assert name in names
     assert "output_dir" not in names and "hub_token" not in names and len(set(names)) == len(names)
 
@@ -234,8 +234,9 @@ def test_push_to_loopback_hub_and_pull_back(small_data, tmp_path):
         assert "ViTForImageClassification.from_pretrained(\"user/tiny-ns\")" in card.text
         history = json.loads((output / "noise_history.json").read_text())["rounds"]
         assert "| round | step | start mse_prob | final mse_prob | gradient steps | forward-only passes |" in card.text
-        for setting in hyperparameter_names():  # every NullspaceConfig setting, and the TrainingArguments ones
+        for setting in method_setting_names(NullspaceConfig):  # every NullspaceConfig setting
             assert f"| `{setting}` |" in card.text, setting
+        assert "| `max_steps` |" in card.text  # and the TrainingArguments ones that differ from their defaults
         for record in history:  # every round's row, with the numbers of noise_history.json
             row = (f"| {record['round']} | {record['step']} | {record['start_mse_prob']:.3g} | "
                    f"{record['mse_prob']:.4f} | {record['steps']} | {record['forward_steps']} | {record['norm']:.3f} |")

@@ -530,6 +530,10 @@ def test_a_push_of_either_trainer_holds_no_token(tmp_path, trainer_name):
     assert "training_args.bin" in pushed and any(name.startswith("checkpoint-") for name in pushed)
     assert not [name for name, content in pushed.items() if SECRET.encode() in content]
     assert _files_holding(output, SECRET.encode()) == []
+    checkpoints = {name.split("/")[0] for name in pushed if name.startswith("checkpoint-")}
+    for checkpoint in checkpoints:  # every pushed checkpoint carries the card of the run up to it
+        card = pushed[f"{checkpoint}/README.md"].decode()
+        assert 'from_pretrained("user/' in card and "2403.10476" in card and "| `max_steps` | 2 | -1 |" in card
 
 
 @pytest.mark.slow

@@ -237,19 +237,15 @@ def load_model(script_args: ScriptArguments, names: list[str]):
     return model, processor
 
 
-def _with_lora(model, script_args: ScriptArguments):
-    """``model`` with LoRA adapters on ``lora_target_modules``; the classifier stays fully trainable."""
+def lora_config(script_args: ScriptArguments):
+    """The ``peft.LoraConfig`` of ``--use_peft``: adapters on ``lora_target_modules``, the classifier fully trained."""
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
     except ImportError as error:
         raise NullspaceError("--use_peft needs the peft package: pip install peft (or nullspace-hf[peft]).") from error
     targets = [name.strip() for name in script_args.lora_target_modules.split(",") if name.strip()]
-    try:
-        return get_peft_model(model, LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha,
-                                                lora_dropout=script_args.lora_dropout, target_modules=targets,
-                                                modules_to_save=["classifier"]))
-    except ValueError as error:
-        raise NullspaceError(f"--lora_target_modules {script_args.lora_target_modules!r}: {error}") from error
+    return LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha, lora_dropout=script_args.lora_dropout,
+                      target_modules=targets, modules_to_save=["classifier"])
 
 
 def accuracy(prediction: EvalPrediction) -> dict[str, float]:
@@ -307,8 +303,6 @@ def _run(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
                      resuming=checkpoint is not None)
     data = load_data(script_args, training_args)
     model, processor = load_model(script_args, data.names)
-    # LoRA layers go into `model` itself and start as the identity, so `model` is still the base model below
-    trained = _with_lora(model, script_args) if script_args.use_peft else model
     columns = (data.image_column, data.label_column)
     transform = ImageClassificationTransform(processor, *columns, model.config.num_channels)
     training_args.push_to_hub = False  # the finished output_dir is pushed at the end, once complete
@@ -321,18 +315,20 @@ def _run(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
     before.model = script_args.model_name_or_path
     results = {"before": before.to_dict()}
     trainer = NullspaceTrainer(
-        model=trained, args=training_args,
+        model=model, args=training_args, peft_config=lora_config(script_args) if script_args.use_peft else None,
         train_dataset=data.train.with_transform(transform),
         eval_dataset=None if data.validation is None else data.validation.with_transform(transform),
         compute_metrics=None if data.validation is None else accuracy,
         data_collator=collate_image_classification, processing_class=processor,
     )
+    card = trainer.model_card_data  # what every card of the run (checkpoints too) names
+    card.dataset_name, card.license = dataset_name, script_args.license
+    card.dataset_id = None if script_args.dataset_name == "digits" else script_args.dataset_name
+    trainer.add_robustness_report("before", before)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
-    if script_args.use_peft:  # a plain checkpoint: the adapters merged into the weights
-        trainer.model = trainer.model.merge_and_unload()
-    trainer.save_model()
+    trainer.save_model()  # with --use_peft a plain checkpoint: the adapters merged into the weights
     trainer.save_state()
     stop_if_requested(f"the fine-tuned model is saved in {output}; the evaluation after fine-tuning, the model "
                       "card and the push were not done (run the job again with --resume_from_checkpoint true).")
@@ -340,9 +336,11 @@ def _run(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
-    after = evaluate(trainer.model, processor, data.evaluation, script_args, training_args, dataset_name, columns)
+    after = evaluate(trainer.merged_model(), processor, data.evaluation, script_args, training_args, dataset_name,
+                     columns)
     after.model = training_args.hub_model_id or training_args.output_dir
     results["after"] = after.to_dict()
+    trainer.add_robustness_report("after", after)
     robustness = {f"{run}_{metric}": value for run, report in results.items()
                   for metric, value in report["summary"].items()}
     trainer.save_metrics("robustness", robustness)
@@ -354,8 +352,7 @@ def _run(script_args: ScriptArguments, training_args: NullspaceConfig) -> dict:
             plot_noise_dynamics(trainer.noise_history, output / "noise_dynamics.png", eps=training_args.noise_eps,
                                 band=training_args.noise_boundary_band)
             print(f"Noise rounds (eps = {training_args.noise_eps}):\n{noise_rounds_table(trainer.noise_history)}")
-        hub_dataset = None if script_args.dataset_name == "digits" else script_args.dataset_name
-        trainer.create_model_card(dataset_name=dataset_name, dataset_id=hub_dataset, license=script_args.license)
+        trainer.create_model_card()
         print_table(results)
         print(f"Wrote {output}: model.safetensors, README.md (model card), {RESULTS_FILE}, noise files"
               + (", noise_dynamics.png" if trainer.noise_history else ""))
