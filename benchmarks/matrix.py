@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from nullspace_hf.noise import noise_influence, synthesize_noise
 PAPER_SEARCH = {"init_limit": 3.0, "lr": 0.1, "max_steps": 3000, "token_lr": 0.0, "band": None}
 """The paper's search (App. C, Algorithm 1): fresh U(−3, 3), AdamW lr 0.1, stop at the first batch below ε."""
 REFRESH_STEPS = 40
-TMP = "/tmp/nullspace-matrix"
+TMP = f"/tmp/nullspace-matrix-{os.getpid()}"  # one output_dir per process: two runs may not share one
 
 
 @dataclass(frozen=True)
