@@ -35,7 +35,7 @@ from .errors import NullspaceError
 from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
 from .lora import PeftSaveMixin, wrap_with_peft
-from .noise import NoiseInjector, NoiseResult, random_noise, synthesize_noise
+from .noise import NoiseInjector, NoiseResult, random_noise, redrawn_start, synthesize_noise
 from .pixels import PixelTransform
 
 __all__ = ["EMA_FILE", "HISTORY_FILE", "LOSS_TERM", "NOISE_FILE", "NullspaceTrainer"]
@@ -273,7 +273,9 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
         batches = self._synthesis_batches(round_index)
         if args.noise_mode == "random":
             return self._finite(round_index, random_noise(self.model, batches, eps=args.noise_eps, generator=generator))
-        warm = self.noise * args.noise_warm_start_scale if args.noise_warm_start and self.noise is not None else None
+        warm = None
+        if args.noise_warm_start and self.noise is not None:
+            warm = redrawn_start(self.noise, args.noise_init_limit, args.noise_warm_start_scale, generator)
         budget = args.noise_max_steps if warm is None else args.noise_warm_max_steps
         result = synthesize_noise(
             self.model, batches, eps=args.noise_eps, lr=args.noise_lr if warm is None else args.noise_warm_lr,
