@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -323,11 +324,20 @@ def test_a_label_out_of_range_in_a_torch_dataset_is_a_clear_error(tmp_path, rows
 
 # ---- resume validates the checkpoint before any work ----
 
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, rows) -> Path:
+    """A complete checkpoint-3 of a 3-step run, trained once for the module."""
+    output = tmp_path_factory.mktemp("run") / "run"
+    _trainer(output, rows, save_strategy="steps", save_steps=3, max_steps=3).train()
+    return output / "checkpoint-3"
+
+
 @pytest.fixture
-def checkpoint(tmp_path, rows) -> Path:
-    trainer = _trainer(tmp_path / "run", rows, save_strategy="steps", save_steps=3, max_steps=3)
-    trainer.train()
-    return tmp_path / "run" / "checkpoint-3"
+def checkpoint(tmp_path, trained_checkpoint) -> Path:
+    """A fresh copy of the trained checkpoint-3 (in ``tmp_path/run``) for a test to break."""
+    copy = tmp_path / "run" / "checkpoint-3"
+    shutil.copytree(trained_checkpoint, copy)
+    return copy
 
 
 @pytest.mark.parametrize("resume, message", [("/nonexistent/checkpoint-3", "is not a directory"),
