@@ -219,12 +219,19 @@ def test_running_the_embedded_default_twice_keeps_the_first_run(recipe, tmp_path
 
 @pytest.mark.slow
 def test_the_printed_retry_command_pushes_against_the_loopback_hub(small_data, tmp_path):
+    """A refused push leaves output_dir complete, with one clear error line; its printed command retries."""
     output = tmp_path / "out"
     with LoopbackHub() as hub:
         hub.state.fail = True
         result = run_recipe(recipe_args(small_data, output, "--push_to_hub", "true", "--hub_model_id", "user/retry",
                                         "--save_strategy", "steps", "--save_steps", "2"), hub.endpoint, tmp_path)
         assert result.returncode == 2
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert "Could not push" in errors[0] and "hf upload user/retry" in errors[0]
+        for name in ("model.safetensors", "config.json", "README.md", "results.json", NOISE_FILE, HISTORY_FILE,
+                     "noise_dynamics.png"):
+            assert (output / name).is_file(), name
         command = result.stderr.split("retry with: ", 1)[1].strip()
         hub.state.fail = False
         words = shlex.split(command)

@@ -264,20 +264,9 @@ def test_push_to_loopback_hub_and_pull_back(small_data, tmp_path):
                                    atol=0, rtol=0)
 
 
-@pytest.mark.slow
-def test_refusing_hub_leaves_output_dir_intact_with_a_clear_error(small_data, tmp_path):
-    output = tmp_path / "out"
-    with LoopbackHub() as hub:
-        hub.state.fail = True
-        result = run_recipe(recipe_args(small_data, output, "--push_to_hub", "true", "--hub_model_id", "user/x"),
-                             hub.endpoint, tmp_path)
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "Traceback" not in result.stderr
-    assert "Could not push" in errors[0] and "hf upload user/x" in errors[0]
-    for name in ("model.safetensors", "config.json", "README.md", "results.json", "nullspace_noise.safetensors",
-                 "noise_history.json", "noise_dynamics.png"):
-        assert (output / name).is_file(), name
+# A refused push (the loopback Hub failing) leaves output_dir complete with one clear error line: one launch
+# checks it with the retry command it prints:
+# test_faults.py::test_the_printed_retry_command_pushes_against_the_loopback_hub
 
 
 EMBEDDED_COMMANDS = {
