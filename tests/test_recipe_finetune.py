@@ -282,7 +282,7 @@ def test_embedded_default_runs_and_its_model_loads_without_the_package(tmp_path)
     """The README's main job with no argument: `accelerate launch recipes/finetune.py`, or `nullspace-hf finetune`.
 
     Both commands run at once, side by side (one thread each), each in its own working directory, and each is
-    checked in full: the two ~minute-long jobs then cost the wall time of one."""
+    checked in full: on two free cores the two ~minute-long jobs take about the wall time of one."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     runs = {}
     for name, command in EMBEDDED_COMMANDS.items():
