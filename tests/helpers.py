@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -58,7 +59,15 @@ def save_tiny_model(path, family: str = "vit", **overrides):
 
 
 def digits_tensors(split: str = "train", image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn digits as normalised ``(N, 3, size, size)`` tensors and labels (no download)."""
+    """scikit-learn digits as normalised ``(N, 3, size, size)`` tensors and labels (no download).
+
+    Processed once per (split, size) in a test session (about a second each); every call gets its own copy."""
+    pixels, labels = _digits_tensors(split, image_size)
+    return pixels.clone(), labels.clone()
+
+
+@functools.cache
+def _digits_tensors(split: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from nullspace_hf.data import digits_dataset
 
     data = digits_dataset()[split]

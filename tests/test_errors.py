@@ -46,15 +46,19 @@ def test_a_bug_under_the_command_line_keeps_its_traceback(monkeypatch, tiny_vit_
 
 
 def test_the_console_script_prints_a_traceback_for_a_bug_and_one_line_for_a_user_error(tmp_path):
-    bug = subprocess.run([sys.executable, "-c", "import sys; from nullspace_hf.parsing import run_command; "
-                          "sys.exit(run_command('prog', lambda: int('a bug')))"], capture_output=True, text=True)
+    # both processes start at once (their imports take seconds each), then each is checked
+    bug = subprocess.Popen([sys.executable, "-c", "import sys; from nullspace_hf.parsing import run_command; "
+                            "sys.exit(run_command('prog', lambda: int('a bug')))"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    user = subprocess.Popen([sys.executable, "-m", "nullspace_hf.cli", "inspect", str(tmp_path / "missing")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    _, bug_stderr = bug.communicate(timeout=300)
+    _, user_stderr = user.communicate(timeout=300)
     assert bug.returncode == 1
-    assert "Traceback (most recent call last)" in bug.stderr and "ValueError: invalid literal" in bug.stderr
-    user = subprocess.run([sys.executable, "-m", "nullspace_hf.cli", "inspect", str(tmp_path / "missing")],
-                          capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
-    assert user.returncode == 2, user.stderr
-    assert user.stderr.strip().splitlines() == [
+    assert "Traceback (most recent call last)" in bug_stderr and "ValueError: invalid literal" in bug_stderr
+    assert user.returncode == 2, user_stderr
+    assert user_stderr.strip().splitlines() == [
         f"nullspace-hf inspect: error: {str(tmp_path / 'missing')!r} does not exist: give a model directory or a Hub "
         "id such as 'user/name'."]
 

@@ -423,11 +423,14 @@ def _workers_of(launcher: subprocess.Popen) -> list:
 @pytest.mark.parametrize("launch", [["--multi_gpu", "--num_processes", "2"], ["--num_processes", "1"]],
                          ids=["two-processes", "one-process"])
 def test_a_sigterm_to_accelerate_launch_reaches_the_workers(small_data, tmp_path, launch):
+    """Also the documented `--multi_gpu --num_processes 2` CPU command's world size of 2 (each worker prints its
+    rank; test_faults.py::test_documented_two_process_cpu_command_gives_world_size_2 runs the config file's)."""
     import psutil
 
     output = tmp_path / "out"
     argv = recipe_args(small_data, output, "--eval_attacks", "none", "--eval_corruptions", "none", "--max_steps",
                        "100000", "--noise_mode", "none", "--save_strategy", "no")
+    world_size = int(launch[launch.index("--num_processes") + 1])
     launcher = _launch(launch, argv, tmp_path)
     deadline = time.time() + 300
     while not (output / HOLDER_FILE).exists() and time.time() < deadline:  # the job has started
@@ -437,7 +440,7 @@ def test_a_sigterm_to_accelerate_launch_reaches_the_workers(small_data, tmp_path
     assert workers and launcher.poll() is None
     launcher.send_signal(signal.SIGTERM)
     try:
-        _, stderr = launcher.communicate(timeout=120)  # returns when every writer of the pipe (the workers) is gone
+        stdout, stderr = launcher.communicate(timeout=120)  # returns when every pipe writer (the workers) is gone
         psutil.wait_procs(workers, timeout=60)
         assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
     finally:  # a worker that missed the signal would train on alone
@@ -447,6 +450,8 @@ def test_a_sigterm_to_accelerate_launch_reaches_the_workers(small_data, tmp_path
         launcher.kill()
     assert launcher.returncode != 0
     assert "finetune: stopped by SIGTERM: training stopped after step" in stderr, stderr[-3000:]
+    printed = sorted(line.split(" (")[0] for line in stdout.splitlines() if line.startswith("Process "))
+    assert printed == [f"Process {rank} of {world_size}" for rank in range(world_size)], stdout[-2000:]
     checkpoint = resolve_checkpoint(True, str(output), "none")
     step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
     assert 0 < step < 100000 and not (output / "model.safetensors").exists()
@@ -517,23 +522,26 @@ def test_no_file_of_either_trainer_holds_the_token(rows, tmp_path, trainer_class
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer_name", ["nullspace", "adversarial"])
-def test_a_push_of_either_trainer_holds_no_token(tmp_path, trainer_name):
-    """Trainer.push_to_hub of the model and every checkpoint (hub_strategy all_checkpoints) to the loopback Hub."""
-    output = tmp_path / "out"
+def test_a_push_of_either_trainer_holds_no_token(tmp_path):
+    """Trainer.push_to_hub of the model and every checkpoint (hub_strategy all_checkpoints) to the loopback Hub,
+    for both trainers, one after the other in one process (each into its own output_dir and repository)."""
+    names = ["nullspace", "adversarial"]
+    outputs = {name: tmp_path / f"out-{name}" for name in names}
     with LoopbackHub() as hub:
-        result = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "push_with_token.py"), trainer_name,
-                                 str(output), SECRET], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        result = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "push_with_token.py"),
+                                 ",".join(names), str(tmp_path / "out-{}"), SECRET], capture_output=True, text=True,
+                                cwd=tmp_path, timeout=600,
                                 env={**hub_env(hub.endpoint, tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"})
         assert result.returncode == 0, result.stderr[-3000:]
-        pushed = hub.state.repos[f"user/{trainer_name}"]["files"]
-    assert "training_args.bin" in pushed and any(name.startswith("checkpoint-") for name in pushed)
-    assert not [name for name, content in pushed.items() if SECRET.encode() in content]
-    assert _files_holding(output, SECRET.encode()) == []
-    checkpoints = {name.split("/")[0] for name in pushed if name.startswith("checkpoint-")}
-    for checkpoint in checkpoints:  # every pushed checkpoint carries the card of the run up to it
-        card = pushed[f"{checkpoint}/README.md"].decode()
-        assert 'from_pretrained("user/' in card and "2403.10476" in card and "| `max_steps` | 2 | -1 |" in card
+        repos = {name: hub.state.repos[f"user/{name}"]["files"] for name in names}
+    for name, pushed in repos.items():
+        assert "training_args.bin" in pushed and any(file.startswith("checkpoint-") for file in pushed), name
+        assert not [file for file, content in pushed.items() if SECRET.encode() in content], name
+        assert _files_holding(outputs[name], SECRET.encode()) == [], name
+        checkpoints = {file.split("/")[0] for file in pushed if file.startswith("checkpoint-")}
+        for checkpoint in checkpoints:  # every pushed checkpoint carries the card of the run up to it
+            card = pushed[f"{checkpoint}/README.md"].decode()
+            assert 'from_pretrained("user/' in card and "2403.10476" in card and "| `max_steps` | 2 | -1 |" in card
 
 
 @pytest.mark.slow
@@ -547,5 +555,6 @@ def test_no_file_of_the_recipe_holds_the_token_locally_or_pushed(small_data, tmp
                             hub.endpoint, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         pushed = hub.state.repos["user/recipe"]["files"]
+    assert "training_args.bin" in pushed  # the file that held the token before issue 15 is pushed, without it
     assert not [name for name, content in pushed.items() if SECRET.encode() in content]
     assert list(output.glob("checkpoint-*")) and _files_holding(output, SECRET.encode()) == []

@@ -120,8 +120,14 @@ def _digits_model(family):
     return copy.deepcopy(_trained_tiny(family)), 16
 
 
-@pytest.mark.parametrize("schedule", list(SCHEDULES))
-@pytest.mark.parametrize("family", ["shipped", "vit", "deit", "dinov2"])
+# Every schedule on the shipped digits ViT (the README's model); the default (warm) and the paper's (fresh) schedule
+# on each briefly trained tiny family too. A schedule's code path is the same for every family, so the other 12
+# pairs repeated paths already taken; each family's own path (its tokens, its layers) runs under both kinds of round.
+ROUND_CASES = [("shipped", schedule) for schedule in SCHEDULES] + [
+    (family, schedule) for family in ("vit", "deit", "dinov2") for schedule in ("defaults", "paper")]
+
+
+@pytest.mark.parametrize("family,schedule", ROUND_CASES)
 def test_every_round_ends_just_inside_eps(tmp_path, family, schedule):
     """Every round's noise ends with its synthesis-batch mse_prob in [eps/2, eps); a fresh start is entered from
     outside eps, a warm start the model still tolerates is kept (no gradient step, at least its start's size)."""
@@ -277,20 +283,27 @@ def test_none_mode_is_vanilla_fine_tuning(tmp_path, dataset):
     assert ours.noise is None and ours.noise_history == []
 
 
-def test_concat_and_separate_forward_give_the_same_training(tmp_path, dataset):
+@pytest.fixture(scope="module")
+def sgd_run(tmp_path_factory, dataset):
+    """The default 8-step run with plain SGD (eager, noisy_forward="separate"), trained once: the reference that
+    the concat forward and torch.compile must reproduce."""
+    trainer = _trainer(tmp_path_factory.mktemp("sgd"), dataset, noisy_forward="separate", optim="sgd")
+    trainer.train()
+    return trainer
+
+
+def test_concat_and_separate_forward_give_the_same_training(tmp_path, dataset, sgd_run):
     # plain SGD: Adam would blow up the float rounding in the (theoretically zero) key-bias gradients
-    separate = _trainer(tmp_path / "s", dataset, noisy_forward="separate", optim="sgd")
-    separate.train()
+    separate = sgd_run
     concat = _trainer(tmp_path / "c", dataset, noisy_forward="concat", optim="sgd")
     concat.train()
     _assert_same_weights(_weights(separate.model), _weights(concat.model), atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_torch_compile_trains_like_eager_mode(tmp_path, dataset, backend):
+def test_torch_compile_trains_like_eager_mode(tmp_path, dataset, sgd_run, backend):
     """``torch_compile`` (TrainingArguments) keeps the noise hook working: same noise, same weights."""
-    eager = _trainer(tmp_path / "e", dataset, optim="sgd")
-    eager.train()
+    eager = sgd_run
     compiled = _trainer(tmp_path / "c", dataset, optim="sgd", torch_compile=True, torch_compile_backend=backend)
     compiled.train()
     assert isinstance(compiled.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)

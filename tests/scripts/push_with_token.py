@@ -1,5 +1,6 @@
-"""`python push_with_token.py nullspace|adversarial OUTPUT_DIR TOKEN`, with HF_ENDPOINT set to the loopback Hub: a
-two-step run of that trainer with `hub_token=TOKEN` that pushes every checkpoint and the final model to `user/<name>`.
+"""`python push_with_token.py NAMES OUTPUT_DIR TOKEN`, with HF_ENDPOINT set to the loopback Hub: for each trainer of
+NAMES (comma-separated: nullspace, adversarial), a two-step run of it with `hub_token=TOKEN` into OUTPUT_DIR (its `{}`
+replaced by the name) that pushes every checkpoint and the final model to `user/<name>`.
 
 A separate process because `transformers.trainer` reads HF_ENDPOINT when it is imported."""
 
@@ -32,4 +33,6 @@ def main(name: str, output_dir: str, token: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    names, output_dir, token = sys.argv[1:4]
+    for name in names.split(","):
+        main(name, output_dir.format(name), token)
