@@ -119,9 +119,10 @@ class NullspaceConfig(BaseConfig):
     the synthesis schedule, chosen by ``benchmarks/matrix.py`` on nine models with 16–256 patch tokens
     (docs/benchmarks.md, issue 22): round 0 runs the token-scaled descent (``noise_token_lr``) from the
     paper's U(−3, 3) for at most 200 gradient steps and ends with about the norm of the paper's own search;
-    every later round starts from the previous noise × 1.1 and keeps it while the updated model still
-    tolerates it (forward passes only), searching again (at most ``noise_warm_max_steps`` steps) only when
-    it does not. Every round ends with its mse_prob in ``[noise_boundary_band·ε, ε)``.
+    every later round starts from a fresh U(−3, 3) draw with the previous noise's size per token × 1.1
+    (:func:`~nullspace_hf.noise.redrawn_start`), kept when the updated model still tolerates it (forward
+    passes only) and searched (at most ``noise_warm_max_steps`` steps) when it does not. Every round ends
+    with its mse_prob in ``[noise_boundary_band·ε, ε)``.
     ``noise_token_lr=0, noise_warm_start=False, noise_max_steps=3000`` is the paper's schedule.
     """
 
@@ -168,7 +169,7 @@ class NullspaceConfig(BaseConfig):
         },
     )
     noise_warm_max_steps: int = field(
-        default=20,
+        default=40,
         metadata={
             "help": "Gradient-step budget of a warm-started synthesis whose start is outside eps (a start inside eps "
             "takes no gradient step). A round that uses it up without entering eps "

@@ -376,6 +376,7 @@ def synthesize_noise(
     band: float | None = 0.5,
     keep_inside_start: bool = False,
     token_lr: float = 0.0,
+    fallback: torch.Tensor | None = None,
 ) -> NoiseResult:
     """Search encoder-level noise in the ε-approximate nullspace (Eq. 7/8; Eq. 4 with ``log_norm_weight``).
 
@@ -392,10 +393,10 @@ def synthesize_noise(
        U(−A, A) start it is ``lr`` up to the sampling error of the start's RMS).
     3. **Stop just inside.** The noise is scaled along its direction until that distance lies in
        ``[band·ε, ε)`` on the last batch — grown when the last step went deep inside, shrunk into ε
-       when the descent used its ``max_steps`` budget without entering it (``budget_hit``). A warm start
-       (``init``) whose descent used up its budget ends with the larger of its last noise and its start,
-       each scaled into the band along itself: a noise whose tokens are saturated can need a scale of 0.02
-       along the direction the descent reached, but only of about 0.9 along the start it left.
+       when the descent used its ``max_steps`` budget without entering it (``budget_hit``). With a
+       ``fallback`` (the trainer's previous noise), such a search ends with the larger of its last noise
+       and the fallback, each scaled into the band along itself: a noise whose tokens are saturated can
+       need a scale of 0.02 along the direction the descent reached, but about 0.9 along the previous one.
 
     ``band=None`` is the bare Algorithm 1 (no scale search; a search that never reaches ε returns its
     last noise), which fixed-length searches such as Fig. 3's use.
@@ -432,6 +433,8 @@ def synthesize_noise(
             start is only placed in ``[band·ε, ε)`` (the trainer's warm starts).
         token_lr: AdamW learning rate of the per-token scale logits of the token-scaled descent (0: the
             paper's element-wise descent).
+        fallback: a noise to end with, scaled into the band, when the budget runs out and it is larger than the
+            last step scaled so (the previous round's noise).
     """
     if reuse_batches < 0:
         raise NullspaceError(f"reuse_batches must be >= 0, got {reuse_batches}.")
@@ -456,7 +459,6 @@ def synthesize_noise(
             placed = boundary_scale(start_distance, eps, side="outside", band=band, at_one=start_mse_prob)
             start, forward_steps = start * placed.scale, forward_steps + placed.forwards
         element_lr = relative_lr(lr, init_limit, start)
-        origin = start.detach().clone()  # the element-wise descent changes ``start`` in place
         if token_lr > 0:
             offset = torch.zeros_like(start, requires_grad=True)
             scale_logits = _unit_token_logits(start.shape[0], device).requires_grad_(True)
@@ -501,14 +503,15 @@ def synthesize_noise(
                                      band=band, at_one=mse_prob)
             final, mse_prob = final * settled.scale, settled.mse_prob
             forward_steps += settled.forwards
-            if budget_hit and init is not None:
-                # a warm start that the budget could not bring back inside: scaled into ε along itself it is
-                # often far larger than the last step scaled so (a saturated direction shrinks unevenly)
-                kept = boundary_scale(_scaled_distance(model, injector, inputs, clean, origin), eps, side="inside",
+            if budget_hit and fallback is not None:
+                # the budget could not bring the start back inside: the fallback scaled into ε is often far larger
+                # than the last step scaled so (a saturated direction shrinks unevenly)
+                fallback = fallback.detach().to(device=device, dtype=torch.float32)
+                kept = boundary_scale(_scaled_distance(model, injector, inputs, clean, fallback), eps, side="inside",
                                       band=band)
                 forward_steps += kept.forwards
-                if kept.found and float(origin.norm()) * kept.scale > float(final.norm()):
-                    final, mse_prob = origin * kept.scale, kept.mse_prob
+                if kept.found and float(fallback.norm()) * kept.scale > float(final.norm()):
+                    final, mse_prob = fallback * kept.scale, kept.mse_prob
     return NoiseResult(noise=final, steps=steps, mse_prob=mse_prob, norm=float(final.norm()), reached=mse_prob < eps,
                        start_mse_prob=start_mse_prob, forward_steps=forward_steps, budget_hit=budget_hit)
 

@@ -282,7 +282,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
             init_limit=args.noise_init_limit,
             max_steps=budget, loss=args.noise_loss, log_norm_weight=args.noise_log_norm_weight, init=warm,
             generator=generator, reuse_batches=args.noise_reuse_batches, band=args.noise_boundary_band or None,
-            keep_inside_start=warm is not None, token_lr=args.noise_token_lr,
+            keep_inside_start=warm is not None, token_lr=args.noise_token_lr, fallback=self.noise,
         )
         setting = "noise_max_steps" if warm is None else "noise_warm_max_steps"
         self._warn_about_round(round_index, self._finite(round_index, result), budget, setting)

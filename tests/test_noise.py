@@ -148,13 +148,15 @@ def test_search_enters_from_outside_and_ends_just_inside(trained, start):
         assert result.start_mse_prob > 10 * EPS and result.steps <= 10
 
 
-def test_a_warm_start_whose_budget_is_used_up_falls_back_to_itself_scaled_into_eps(trained):
+def test_a_search_whose_budget_is_used_up_ends_with_its_fallback_when_that_is_larger(trained):
     """A warm start just outside eps that one wild step (lr 100) throws away: the last noise scaled into eps is ~15x
-    smaller than the start scaled so (measured: 0.2 vs 3.0), and the search returns the start's direction."""
+    smaller than the fallback (the previous noise) scaled so (measured: 0.2 vs 3.0); the search returns the
+    fallback's direction."""
     model, train_batches, _ = trained
     searched = synthesize_noise(model, train_batches[:1], eps=EPS, token_lr=0.2, max_steps=200,
                                 generator=torch.Generator().manual_seed(0))
-    result = synthesize_noise(model, train_batches[:1], eps=EPS, init=1.3 * searched.noise, lr=100.0, max_steps=1)
+    result = synthesize_noise(model, train_batches[:1], eps=EPS, init=1.3 * searched.noise, lr=100.0, max_steps=1,
+                              fallback=1.3 * searched.noise)
     assert result.budget_hit and result.start_mse_prob >= EPS and EPS / 2 <= result.mse_prob < EPS
     cosine = float(result.noise.flatten() @ searched.noise.flatten()) / (result.norm * searched.norm)
     assert cosine > 0.999 and result.norm > 0.5 * searched.norm
