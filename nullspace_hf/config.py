@@ -160,20 +160,20 @@ class NullspaceConfig(BaseConfig):
         },
     )
     noise_warm_lr: float = field(
-        default=0.03,
+        default=0.1,
         metadata={
             "help": "Learning rate of a warm-started synthesis, like noise_lr given for a noise the size of U(-A, A) "
-            "and scaled to the start's size. A warm start already has the previous noise's size per token and lies "
-            "near eps, so it needs smaller steps than a fresh one (0.1 overshot and used up its budget in the "
-            "issue-22 measurements, 0.01 kept 0.8x the paper's norm, 0.03 0.9x)."
+            "and scaled to the start's size (the same as noise_lr by default: a redrawn start lies nearer eps than a "
+            "fresh one and needs fewer steps, not smaller ones; docs/benchmarks.md, issue 22)."
         },
     )
     noise_warm_max_steps: int = field(
-        default=40,
+        default=200,
         metadata={
             "help": "Gradient-step budget of a warm-started synthesis whose start is outside eps (a start inside eps "
-            "takes no gradient step). A round that uses it up without entering eps "
-            "is scaled into eps along its direction (forward passes only) and logged with a warning."
+            "takes no gradient step). A round that uses it up without entering eps ends with the larger of its last "
+            "noise and the previous round's, each scaled into eps (the previous one never grown), and is logged "
+            "with a warning."
         },
     )
     noise_boundary_band: float = field(

@@ -508,9 +508,9 @@ def synthesize_noise(
                 # than the last step scaled so (a saturated direction shrinks unevenly)
                 fallback = fallback.detach().to(device=device, dtype=torch.float32)
                 kept = boundary_scale(_scaled_distance(model, injector, inputs, clean, fallback), eps, side="inside",
-                                      band=band)
+                                      band=band, scale_range=(1e-6, 1.0))  # never grown: no runaway along it
                 forward_steps += kept.forwards
-                if kept.found and float(fallback.norm()) * kept.scale > float(final.norm()):
+                if kept.mse_prob < eps and float(fallback.norm()) * kept.scale > float(final.norm()):
                     final, mse_prob = fallback * kept.scale, kept.mse_prob
     return NoiseResult(noise=final, steps=steps, mse_prob=mse_prob, norm=float(final.norm()), reached=mse_prob < eps,
                        start_mse_prob=start_mse_prob, forward_steps=forward_steps, budget_hit=budget_hit)
