@@ -314,12 +314,13 @@ def test_torch_compile_trains_like_eager_mode(tmp_path, dataset, sgd_run, backen
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, dataset):
-    # the bare rule with noise_max_steps=0 keeps the seeded uniform init, so both runs use the same noise
-    full = _trainer(tmp_path / "full", dataset, noise_max_steps=0, noise_boundary_band=0.0,
+    # the bare rule with no gradient step keeps the seeded starts, so both runs use the same noise
+    full = _trainer(tmp_path / "full", dataset, noise_max_steps=0, noise_warm_max_steps=0, noise_boundary_band=0.0,
                     per_device_train_batch_size=16, max_steps=4, optim="sgd")
     full.train()
-    accumulated = _trainer(tmp_path / "acc", dataset, noise_max_steps=0, noise_boundary_band=0.0,
-                           per_device_train_batch_size=8, gradient_accumulation_steps=2, max_steps=4, optim="sgd")
+    accumulated = _trainer(tmp_path / "acc", dataset, noise_max_steps=0, noise_warm_max_steps=0,
+                           noise_boundary_band=0.0, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+                           max_steps=4, optim="sgd")
     accumulated.train()
     torch.testing.assert_close(full.noise, accumulated.noise)
     _assert_same_weights(_weights(full.model), _weights(accumulated.model), atol=1e-5)
