@@ -117,13 +117,13 @@ class NullspaceConfig(BaseConfig):
     Every ``transformers.TrainingArguments`` and :class:`BaseConfig` field is accepted; the fields below configure the
     noise synthesis and the augmented loss of Algorithm 1 (paper App. C). Defaults are the paper's except
     the synthesis schedule, chosen by ``benchmarks/matrix.py`` on nine models with 16–256 patch tokens
-    (docs/benchmarks.md, issue 22): round 0 runs the token-scaled descent (``noise_token_lr``) from the
-    paper's U(−3, 3) for at most 200 gradient steps and ends with about the norm of the paper's own search;
-    every later round starts from a fresh U(−3, 3) draw with the previous noise's size per token × 1.1
-    (:func:`~nullspace_hf.noise.redrawn_start`), kept when the updated model still tolerates it (forward
-    passes only) and searched (at most ``noise_warm_max_steps`` steps) when it does not. Every round ends
-    with its mse_prob in ``[noise_boundary_band·ε, ε)``.
-    ``noise_token_lr=0, noise_warm_start=False, noise_max_steps=3000`` is the paper's schedule.
+    (docs/benchmarks.md, issue 22): every round, as in the paper, searches from a fresh U(−3, 3), but with
+    the token-scaled descent (``noise_token_lr``) for at most 200 gradient steps, which ends with about the
+    norm of the paper's own search in tens instead of hundreds to thousands of steps. ``noise_warm_start``
+    starts later rounds from a redrawn start with the previous noise's size per token instead
+    (:func:`~nullspace_hf.noise.redrawn_start`): fewer steps, but measured unstable on a 196-token ViT, so
+    it is off by default. Every round ends with its mse_prob in ``[noise_boundary_band·ε, ε)``.
+    ``noise_token_lr=0, noise_max_steps=3000`` is the paper's schedule.
     """
 
     noise_mode: str = field(
@@ -200,7 +200,7 @@ class NullspaceConfig(BaseConfig):
         metadata={"help": "lambda of Eq. 4's -lambda*log||v|| exploration term (0: plain Eq. 7/8)."},
     )
     noise_warm_start: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "Start each synthesis after round 0 from a fresh U(-A, A) draw with the previous noise's size "
             "per patch token times noise_warm_start_scale, instead of a plain fresh U(-A, A) (the paper: False). A "

@@ -96,9 +96,9 @@ def test_rounds_are_logged_weights_change_and_files_are_written(tmp_path, datase
 SCHEDULES = {
     "defaults": {},
     "paper": {"noise_token_lr": 0.0, "noise_warm_start": False, "noise_max_steps": 3000},
-    "warm-x1.0": {"noise_warm_start_scale": 1.0},
-    "warm-x1.1": {"noise_warm_start_scale": 1.1},
-    "warm-x2": {"noise_warm_start_scale": 2.0, "noise_reuse_batches": 2},
+    "warm-x1.0": {"noise_warm_start": True, "noise_warm_start_scale": 1.0},
+    "warm-x1.1": {"noise_warm_start": True, "noise_warm_start_scale": 1.1},
+    "warm-x2": {"noise_warm_start": True, "noise_warm_start_scale": 2.0, "noise_reuse_batches": 2},
     "start-inside-eps": {"noise_init_limit": 1e-3, "noise_warm_start": False},
 }
 
