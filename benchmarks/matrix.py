@@ -237,8 +237,12 @@ def main() -> None:
     parser.add_argument("--table", nargs="+", metavar="JSON", help="Only print the markdown table of these files.")
     args = parser.parse_args()
     if args.table:
-        print(markdown_table({name: result for path in args.table
-                              for name, result in json.loads(Path(path).read_text())["setups"].items()}))
+        setups: dict = {}
+        for path in args.table:  # the runs of one setup from several files are merged
+            for name, result in json.loads(Path(path).read_text())["setups"].items():
+                merged = setups.setdefault(name, {**result, "runs": {}})
+                merged["runs"].update(result["runs"])
+        print(markdown_table(setups))
         return
     args.rounds = [int(value) for value in args.rounds.split(",")]
     chosen = [setup for setup in SETUPS if setup.name in args.setups.split(",")]
