@@ -276,8 +276,7 @@ class ImageClassificationTransform:
     def __call__(self, batch: dict) -> dict:
         if self.image_column not in batch:
             raise NullspaceError(f"The batch has no image column {self.image_column!r} (it has {sorted(batch)}); with "
-                                 "a "
-                                 "Trainer, set remove_unused_columns=False so that it keeps the image column.")
+                                 "a Trainer, set remove_unused_columns=False so that it keeps the image column.")
         images = [self._decode(image).convert(self.mode) for image in batch[self.image_column]]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixel_values, "labels": batch[self.label_column]}

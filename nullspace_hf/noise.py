@@ -385,8 +385,8 @@ def synthesize_noise(
     1. **Enter from outside.** The start (U(−A, A), or ``init``) must lie outside Ñ(ε) (Eq. 5): if it is
        inside, it is grown along its own direction until it is just outside (:func:`boundary_scale`,
        forward passes only). With ``keep_inside_start`` (warm starts) a start inside Ñ(ε) is kept instead:
-       the model still tolerates the previous round's noise, so there is nothing to descend, and part 3
-       only places it in the band — growing it along its direction when it lies deep inside.
+       the model already tolerates it, so there is nothing to descend, and part 3 only places it in the
+       band — growing it along its direction when it lies deep inside.
     2. **Descend** (Eq. 8): AdamW with a cosine schedule over ``max_steps`` minimises
        E‖f(u+ṽ) − f(u)‖² on a new minibatch each step and stops at the first step whose batch mean of
        Σ(Δsoftmax)² is below ε. The learning rate follows the noise's size (:func:`relative_lr`; for a
@@ -507,11 +507,11 @@ def synthesize_noise(
                 # the budget could not bring the start back inside: the fallback scaled into ε is often far larger
                 # than the last step scaled so (a saturated direction shrinks unevenly)
                 fallback = fallback.detach().to(device=device, dtype=torch.float32)
-                kept = boundary_scale(_scaled_distance(model, injector, inputs, clean, fallback), eps, side="inside",
-                                      band=band, scale_range=(1e-6, 1.0))  # never grown: no runaway along it
-                forward_steps += kept.forwards
-                if kept.mse_prob < eps and float(fallback.norm()) * kept.scale > float(final.norm()):
-                    final, mse_prob = fallback * kept.scale, kept.mse_prob
+                shrunk = boundary_scale(_scaled_distance(model, injector, inputs, clean, fallback), eps,
+                                        side="inside", band=band, scale_range=(1e-6, 1.0))  # never grown: no runaway
+                forward_steps += shrunk.forwards
+                if shrunk.mse_prob < eps and float(fallback.norm()) * shrunk.scale > float(final.norm()):
+                    final, mse_prob = fallback * shrunk.scale, shrunk.mse_prob
     return NoiseResult(noise=final, steps=steps, mse_prob=mse_prob, norm=float(final.norm()), reached=mse_prob < eps,
                        start_mse_prob=start_mse_prob, forward_steps=forward_steps, budget_hit=budget_hit)
 

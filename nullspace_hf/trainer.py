@@ -223,15 +223,13 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
         pixels = batch.get("pixel_values") if isinstance(batch, dict) else None
         if not torch.is_tensor(pixels) or pixels.dim() != 4 or "labels" not in batch:
             raise NullspaceError("A training batch must hold `pixel_values` (batch, channels, height, width) and "
-                                 "`labels`; "
-                                 "train_dataset[0] gives "
+                                 "`labels`; train_dataset[0] gives "
                                  f"{sorted(batch) if isinstance(batch, dict) else type(batch).__name__}.")
         channels = getattr(getattr(self.model, "config", None), "num_channels", pixels.shape[1])
         if pixels.shape[1] != channels:
             raise NullspaceError(f"The model takes {channels}-channel images but the training batches have "
                                  f"{pixels.shape[1]} channels: convert the images ({'RGB' if channels == 3 else 'L'}) "
-                                 "in "
-                                 "the dataset's transform, or use a model made for them.")
+                                 "in the dataset's transform, or use a model made for them.")
 
     # ---- Algorithm 1: one noise per round ----
 
@@ -324,8 +322,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
                 f"Noise round {round_index}: the noise ends at mse_prob {result.mse_prob:.3g}, below "
                 f"noise_boundary_band * eps = {band * eps:.3g}: the model's predictions stay within eps along its "
                 "direction even at 10^6 times its size (near-uniform predictions?), so there is no boundary to stop "
-                "at. "
-                "A smaller noise_eps gives the search one."
+                "at. A smaller noise_eps gives the search one."
             )
 
     def refresh_noise(self) -> None:
