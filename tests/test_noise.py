@@ -149,9 +149,10 @@ def test_search_enters_from_outside_and_ends_just_inside(trained, start):
 
 
 def test_a_search_whose_budget_is_used_up_ends_with_its_fallback_when_that_is_larger(trained):
-    """A warm start just outside eps that one wild step (lr 100) throws away: the last noise scaled into eps is ~15x
-    smaller than the fallback (the previous noise) scaled so (measured: 0.2 vs 3.0); the search returns the
-    fallback's direction."""
+    """A warm start just outside eps that one wild step (lr 100) throws away: the last noise scaled into eps is far
+    smaller than the fallback (the previous noise) scaled so (measured on one thread: 0.2 vs 3.0), so the search
+    returns the fallback's direction, shrunk into eps but never grown. (How far it must shrink depends on the
+    search the fallback came from, which differs between thread counts and CPUs.)"""
     model, train_batches, _ = trained
     searched = synthesize_noise(model, train_batches[:1], eps=EPS, token_lr=0.2, max_steps=200,
                                 generator=torch.Generator().manual_seed(0))
@@ -159,7 +160,7 @@ def test_a_search_whose_budget_is_used_up_ends_with_its_fallback_when_that_is_la
                               fallback=1.3 * searched.noise)
     assert result.budget_hit and result.start_mse_prob >= EPS and EPS / 2 <= result.mse_prob < EPS
     cosine = float(result.noise.flatten() @ searched.noise.flatten()) / (result.norm * searched.norm)
-    assert cosine > 0.999 and result.norm > 0.5 * searched.norm
+    assert cosine > 0.999 and result.norm <= 1.3 * searched.norm * (1 + 1e-5)  # 1e-5: float32 norms
 
 
 def test_a_used_up_budget_is_scaled_into_eps_and_reported(trained):
