@@ -9,7 +9,7 @@ of 40-step rounds in ``--rounds``: the wall time of ``train()`` with a plain ``t
 round's gradient steps, forward-only passes, synthesis-batch and held-out mse_prob (on ``--held_out`` test
 images the synthesis never saw), noise norm and RMS; and at the first and the last round the paper's own
 search (fresh U(−3, 3), AdamW lr 0.1, ≤ 3000 steps, stop at the first batch below ε) on the same weights and
-the trainer's own synthesis batches of that round, with the default/paper norm ratio. Printed and written
+minibatches of the training batch size, with the default/paper norm ratio. Printed and written
 to ``--json``.
 
 The models are small ViT-family classifiers trained briefly from scratch on scikit-learn's digits
@@ -24,6 +24,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from transformers import (
 )
 
 from benchmarks.overhead import CIFAR, DIGITS_MODEL, ROOT, build_trainer, load_rows, timed_run, timed_train
-from nullspace_hf import NullspaceTrainer
+from nullspace_hf import NullspaceConfig, NullspaceTrainer
 from nullspace_hf.noise import noise_influence, synthesize_noise
 
 PAPER_SEARCH = {"init_limit": 3.0, "lr": 0.1, "max_steps": 3000, "token_lr": 0.0, "band": None}
@@ -137,11 +138,21 @@ class RoundRecorder(TrainerCallback):
         self.noises.setdefault((state.global_step - 1) // self.refresh_steps, self.trainer.noise.detach().clone())
 
 
+def training_batches(trainer: NullspaceTrainer, round_index: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled minibatches of the training batch size from the trainer's train set: the paper's synthesis
+    batches (the defaults' own are smaller, ``noise_batch_size``)."""
+    pixels = trainer.train_dataset.pixel_values
+    generator = torch.Generator().manual_seed(trainer.args.seed + round_index)
+    while True:
+        for index in torch.randperm(len(pixels), generator=generator).split(trainer.args.per_device_train_batch_size):
+            yield {"pixel_values": pixels[index]}
+
+
 def paper_search(trainer: NullspaceTrainer, round_index: int, held: list[torch.Tensor]) -> dict:
     """The paper's search (fresh U(−3, 3), AdamW lr 0.1, ≤ 3000 steps, stop at the first batch below ε) on the
-    weights the trainer now holds and on its own synthesis batches of ``round_index``."""
+    weights the trainer now holds and on minibatches of its training batch size."""
     started = time.perf_counter()
-    result = synthesize_noise(trainer.model, trainer._synthesis_batches(round_index), eps=trainer.args.noise_eps,
+    result = synthesize_noise(trainer.model, training_batches(trainer, round_index), eps=trainer.args.noise_eps,
                               generator=torch.Generator().manual_seed(1000 + round_index), **PAPER_SEARCH)
     held_out = noise_influence(trainer.model, held, result.noise)["mse_prob"]
     return {"norm": result.norm, "rms": result.rms, "steps": result.steps, "mse_prob": result.mse_prob,
@@ -178,8 +189,11 @@ def run_setup(setup: Setup, args: argparse.Namespace) -> dict:
     rows, data_name = load_rows(checkpoint, setup.data, args.samples)
     held_rows, _ = load_rows(checkpoint, setup.data, args.held_out, split="test")
     held = list(held_rows.pixel_values.split(64))
+    config = NullspaceConfig(output_dir=TMP, use_cpu=True)
     result = {"description": setup.description, "checkpoint": checkpoint, "data": data_name, "samples": len(rows),
-              "held_out_samples": len(held_rows), "batch_size": args.batch_size, "runs": {}}
+              "held_out_samples": len(held_rows), "batch_size": args.batch_size,
+              "noise_batch_size": config.noise_batch_size, "noise_stop_batches": config.noise_stop_batches,
+              "runs": {}}
     paper_rounds: dict[int, dict] = {}
     for rounds in args.rounds:
         run_args = argparse.Namespace(model=checkpoint, steps=rounds * REFRESH_STEPS, batch_size=args.batch_size,

@@ -119,11 +119,13 @@ class NullspaceConfig(BaseConfig):
     the synthesis schedule, chosen by ``benchmarks/matrix.py`` on nine models with 16–256 patch tokens
     (docs/benchmarks.md, issue 22): every round, as in the paper, searches from a fresh U(−3, 3), but with
     the token-scaled descent (``noise_token_lr``) for at most 200 gradient steps, which ends with about the
-    norm of the paper's own search in tens instead of hundreds to thousands of steps. ``noise_warm_start``
+    norm of the paper's own search in tens instead of hundreds to thousands of steps; its steps run on
+    minibatches of 8 images (``noise_batch_size``) and it stops when its last 8 minibatches, 64 images, agree
+    that the noise is inside ε (``noise_stop_batches``). ``noise_warm_start``
     starts later rounds from a redrawn start with the previous noise's size per token instead
     (:func:`~nullspace_hf.noise.redrawn_start`): fewer steps, but measured unstable on a 196-token ViT, so
     it is off by default. Every round ends with its mse_prob in ``[noise_boundary_band·ε, ε)``.
-    ``noise_token_lr=0, noise_max_steps=3000`` is the paper's schedule.
+    ``noise_token_lr=0, noise_max_steps=3000, noise_batch_size=0, noise_stop_batches=1`` is the paper's schedule.
     """
 
     noise_mode: str = field(
@@ -216,6 +218,23 @@ class NullspaceConfig(BaseConfig):
             "so that the search can follow the enlarged approximate nullspace of the fine-tuned model."
         },
     )
+    noise_batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "Images per synthesis minibatch and device: each gradient step of the search runs on a new "
+            "minibatch of this size (a quarter of the cost of a batch of 32 on the CPU, docs/benchmarks.md, issue "
+            "22). 0: per_device_train_batch_size (the authors: their training batch)."
+        },
+    )
+    noise_stop_batches: int = field(
+        default=8,
+        metadata={
+            "help": "The search stops when Eq. 5's mse_prob over its last n minibatches, measured again on the noise "
+            "of that step, is below eps, and its scale into [band*eps, eps) is judged on those n minibatches "
+            "(forward passes only): with small minibatches the stop statistic is then a mean over n * "
+            "noise_batch_size images, not over one lucky minibatch. 1: the paper's stop on the current minibatch."
+        },
+    )
     noise_reuse_batches: int = field(
         default=0,
         metadata={
@@ -293,9 +312,11 @@ class NullspaceConfig(BaseConfig):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("noise_max_steps", "noise_warm_max_steps", "noisy_loss_weight", "noise_log_norm_weight",
-                     "noise_reuse_batches", "noise_token_lr"):
+                     "noise_reuse_batches", "noise_token_lr", "noise_batch_size"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.noise_stop_batches < 1:
+            problems.append(f"noise_stop_batches must be >= 1, got {self.noise_stop_batches!r}")
         if not 0 <= self.noise_boundary_band < 1:
             problems.append(f"noise_boundary_band must be in [0, 1), got {self.noise_boundary_band!r}")
         if self.train_ratio is not None and not 0 < self.train_ratio <= 1:

@@ -8,6 +8,7 @@ is prepended and the position embeddings are added, as in the authors' code.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -310,14 +311,15 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _scaled_distance(
-    model: nn.Module, injector: NoiseInjector, inputs: dict[str, Any], clean: torch.Tensor, noise: torch.Tensor
+    model: nn.Module, injector: NoiseInjector, pairs: list[tuple[dict[str, Any], torch.Tensor]], noise: torch.Tensor
 ) -> Callable[[float], float]:
-    """``s ↦`` Eq. 5's distance of ``s·noise`` on one batch (a forward pass without gradients)."""
+    """``s ↦`` Eq. 5's distance of ``s·noise`` over ``(inputs, clean logits)`` pairs (forwards without gradients)."""
     direction = noise.detach()
 
     def distance(scale: float) -> float:
         with torch.no_grad(), injector.applied(direction * scale):
-            return _global_mean(probability_distance(clean, float_logits(model, inputs)))
+            per_sample = [probability_distance(clean, float_logits(model, inputs)) for inputs, clean in pairs]
+        return _global_mean(torch.cat(per_sample))
 
     return distance
 
@@ -377,6 +379,7 @@ def synthesize_noise(
     keep_inside_start: bool = False,
     token_lr: float = 0.0,
     fallback: torch.Tensor | None = None,
+    stop_batches: int = 1,
 ) -> NoiseResult:
     """Search encoder-level noise in the ε-approximate nullspace (Eq. 7/8; Eq. 4 with ``log_norm_weight``).
 
@@ -389,11 +392,15 @@ def synthesize_noise(
        band — growing it along its direction when it lies deep inside.
     2. **Descend** (Eq. 8): AdamW with a cosine schedule over ``max_steps`` minimises
        E‖f(u+ṽ) − f(u)‖² on a new minibatch each step and stops at the first step whose batch mean of
-       Σ(Δsoftmax)² is below ε. The learning rate follows the noise's size (:func:`relative_lr`; for a
-       U(−A, A) start it is ``lr`` up to the sampling error of the start's RMS).
+       Σ(Δsoftmax)² is below ε. With ``stop_batches = n > 1`` the statistic is the mean over the last ``n``
+       minibatches instead: when the distances they gave on their own steps average below ε, the noise of
+       now is measured on all ``n`` (forward passes only) and the descent stops if that is below ε. Small
+       minibatches make steps cheap, but one of them is a noisy judge: the first lucky one stops a search
+       whose noise lies outside ε on other images. The learning rate follows the noise's size
+       (:func:`relative_lr`; for a U(−A, A) start it is ``lr`` up to the sampling error of the start's RMS).
     3. **Stop just inside.** The noise is scaled along its direction until that distance lies in
-       ``[band·ε, ε)`` on the last batch — grown when the last step went deep inside, shrunk into ε
-       when the descent used its ``max_steps`` budget without entering it (``budget_hit``). With a
+       ``[band·ε, ε)`` on the last batch (the last ``n`` minibatches) — grown when the last step went deep
+       inside, shrunk into ε when the descent used its ``max_steps`` budget without entering it (``budget_hit``). With a
        ``fallback`` (the trainer's previous noise), such a search ends with the larger of its last noise
        and the fallback, each scaled into the band along itself: a noise whose tokens are saturated can
        need a scale of 0.02 along the direction the descent reached, but about 0.9 along the previous one.
@@ -435,7 +442,11 @@ def synthesize_noise(
             paper's element-wise descent).
         fallback: a noise to end with, scaled into the band, when the budget runs out and it is larger than the
             last step scaled so (the previous round's noise).
+        stop_batches: the number of last minibatches the stop and the final scale are judged on (1: the paper's
+            current minibatch).
     """
+    if stop_batches < 1:
+        raise NullspaceError(f"stop_batches must be >= 1, got {stop_batches}.")
     if reuse_batches < 0:
         raise NullspaceError(f"reuse_batches must be >= 0, got {reuse_batches}.")
     if not token_lr >= 0:
@@ -453,7 +464,7 @@ def synthesize_noise(
         else:
             start = init.detach().to(torch.float32).cpu().clone()
         start = start.to(device)
-        start_distance = _scaled_distance(model, injector, inputs, clean, start)
+        start_distance = _scaled_distance(model, injector, [(inputs, clean)], start)
         start_mse_prob, forward_steps = start_distance(1.0), 1
         if band is not None and start_mse_prob < eps and not keep_inside_start:
             placed = boundary_scale(start_distance, eps, side="outside", band=band, at_one=start_mse_prob)
@@ -478,12 +489,21 @@ def synthesize_noise(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(max_steps, 1))
         kept = keep_inside_start and start_mse_prob < eps
         steps, mse_prob, noise = 0, start_mse_prob, start
+        window: deque[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = deque(maxlen=stop_batches)
+        current_on_window = True
         while not kept:
             noise = current()
             with injector.applied(noise):
                 noisy = float_logits(model, inputs)
-            mse_prob = _global_mean(probability_distance(clean, noisy))
-            if mse_prob < eps or steps >= max_steps:
+            distances = probability_distance(clean, noisy)
+            window.append((inputs, clean, distances.detach()))
+            mse_prob = _global_mean(torch.cat([d for _, _, d in window]))
+            current_on_window = len(window) == 1
+            if mse_prob < eps and len(window) == stop_batches and not current_on_window:
+                # the window's distances were measured on earlier steps' noises: confirm on the noise of now
+                mse_prob = _scaled_distance(model, injector, [(i, c) for i, c, _ in window], noise)(1.0)
+                forward_steps, current_on_window = forward_steps + len(window), True
+            if (mse_prob < eps and current_on_window) or steps >= max_steps:
                 break
             value = exploration_loss(clean, noisy, noise, log_norm_weight, loss)
             gradients = torch.autograd.grad(value, variables)
@@ -499,17 +519,18 @@ def synthesize_noise(
         final = noise.detach().float()
         budget_hit = not mse_prob < eps
         if band is not None:
-            settled = boundary_scale(_scaled_distance(model, injector, inputs, clean, final), eps, side="inside",
-                                     band=band, at_one=mse_prob)
+            placing = [(inputs, clean)] if len(window) < 2 else [(i, c) for i, c, _ in window]
+            settled = boundary_scale(_scaled_distance(model, injector, placing, final), eps, side="inside",
+                                     band=band, at_one=mse_prob if current_on_window else None)
             final, mse_prob = final * settled.scale, settled.mse_prob
-            forward_steps += settled.forwards
+            forward_steps += settled.forwards * len(placing)
             if budget_hit and fallback is not None:
                 # the budget could not bring the start back inside: the fallback scaled into ε is often far larger
                 # than the last step scaled so (a saturated direction shrinks unevenly)
                 fallback = fallback.detach().to(device=device, dtype=torch.float32)
-                shrunk = boundary_scale(_scaled_distance(model, injector, inputs, clean, fallback), eps,
+                shrunk = boundary_scale(_scaled_distance(model, injector, placing, fallback), eps,
                                         side="inside", band=band, scale_range=(1e-6, 1.0))  # never grown: no runaway
-                forward_steps += shrunk.forwards
+                forward_steps += shrunk.forwards * len(placing)
                 if shrunk.mse_prob < eps and float(fallback.norm()) * shrunk.scale > float(final.norm()):
                     final, mse_prob = fallback * shrunk.scale, shrunk.mse_prob
     return NoiseResult(noise=final, steps=steps, mse_prob=mse_prob, norm=float(final.norm()), reached=mse_prob < eps,

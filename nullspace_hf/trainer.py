@@ -242,11 +242,12 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
         """
         if self._synthesis_loader is None:
             dataset, collator = self._dataset_and_collator("noise synthesis")
-            options = {"batch_size": self.args.per_device_train_batch_size, "collate_fn": collator,
+            options = {"batch_size": self.args.noise_batch_size or self.args.per_device_train_batch_size,
+                       "collate_fn": collator,
                        "num_workers": self.args.dataloader_num_workers}
             if isinstance(dataset, IterableDataset):
                 if self.args.world_size > 1:
-                    dataset = IterableDatasetShard(dataset, self.args.per_device_train_batch_size,
+                    dataset = IterableDatasetShard(dataset, options["batch_size"],
                                                    num_processes=self.args.world_size,
                                                    process_index=self.args.process_index)
                 self._synthesis_loader = _StreamLoader(dataset, **options)
@@ -281,6 +282,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
             max_steps=budget, loss=args.noise_loss, log_norm_weight=args.noise_log_norm_weight, init=warm,
             generator=generator, reuse_batches=args.noise_reuse_batches, band=args.noise_boundary_band or None,
             keep_inside_start=warm is not None, token_lr=args.noise_token_lr, fallback=self.noise,
+            stop_batches=args.noise_stop_batches,
         )
         setting = "noise_max_steps" if warm is None else "noise_warm_max_steps"
         self._warn_about_round(round_index, self._finite(round_index, result), budget, setting)

@@ -268,7 +268,7 @@ def _training_config(spec: RunSpec, args: ReproduceArguments, output_dir: Path) 
         return AdversarialConfig(adversarial_method=spec.method, adversarial_epsilon=args.adversarial_epsilon,
                                  adversarial_steps=args.adversarial_steps, **common)
     fresh = {"noise_mode": "nullspace", "noise_warm_start": False, "noise_max_steps": args.noise_max_steps,
-             "noise_token_lr": 0.0}
+             "noise_token_lr": 0.0, "noise_batch_size": 0, "noise_stop_batches": 1}
     noise = {"vanilla": {"noise_mode": "none"}, "random": {"noise_mode": "random"},
              "nullspace": {**fresh, "noise_init_limit": 3.0},
              "nullspace_a1": {**fresh, "noise_init_limit": 1.0},

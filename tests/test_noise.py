@@ -312,13 +312,14 @@ def _fidelity_config(tmp_path, **overrides):
 def test_the_default_round_0_noise_is_as_large_as_the_papers_search_on_the_same_weights(trained_49_tokens, tmp_path):
     """Issue 22: at the package defaults, round 0 ends with at least 0.8x the norm of the paper's own search (fresh
     U(-3, 3), AdamW lr 0.1, <= 3000 steps, stop at eps) on the same weights and the trainer's own synthesis batches
-    (the old U(-1, 1), <= 200-step default reached about half of it here)."""
-    model, _, data = trained_49_tokens
+    (the old U(-1, 1), <= 200-step default reached about half of it here); the paper's search runs on minibatches of
+    the training batch size, the defaults' on their own smaller ones (``noise_batch_size``)."""
+    model, batches, data = trained_49_tokens
     trainer = NullspaceTrainer(model=copy.deepcopy(model), args=_fidelity_config(tmp_path, max_steps=1),
                                train_dataset=data)
     trainer.train()
     default = trainer.noise_history[0]
-    paper = synthesize_noise(model, trainer._synthesis_batches(0), eps=EPS, init_limit=3.0, lr=0.1, max_steps=3000,
+    paper = synthesize_noise(model, batches, eps=EPS, init_limit=3.0, lr=0.1, max_steps=3000,
                              token_lr=0.0, band=None, generator=torch.Generator().manual_seed(1))
     assert paper.reached and default["reached"] and not default["budget_hit"]
     assert EPS / 2 <= default["mse_prob"] < EPS
@@ -332,7 +333,7 @@ def test_every_warm_round_keeps_the_papers_noise_size_on_the_weights_it_is_made_
     tolerates now: the last of 6 rounds ends with at least 0.8x the norm of the paper's own search on the same
     weights and batches, and no round falls below half the previous one (the old rule, which grew every warm start
     out of eps and descended from there, fell to 0.08x the previous norm on a 196-token ViT)."""
-    model, _, data = trained_49_tokens
+    model, batches, data = trained_49_tokens
     trainer = NullspaceTrainer(model=copy.deepcopy(model), args=_fidelity_config(tmp_path, max_steps=11,
                                                                                  noise_warm_start=True),
                                train_dataset=data)
@@ -343,7 +344,7 @@ def test_every_warm_round_keeps_the_papers_noise_size_on_the_weights_it_is_made_
         assert EPS / 2 <= record["mse_prob"] < EPS and not record["budget_hit"], record
         assert (record["steps"] == 0) == (record["start_mse_prob"] < EPS), record
         assert record["norm"] >= 0.5 * previous["norm"], (previous, record)
-    paper = synthesize_noise(trainer.model, trainer._synthesis_batches(5), eps=EPS, init_limit=3.0, lr=0.1,
+    paper = synthesize_noise(trainer.model, batches, eps=EPS, init_limit=3.0, lr=0.1,
                              max_steps=3000, token_lr=0.0, band=None, generator=torch.Generator().manual_seed(1))
     assert paper.reached and history[-1]["norm"] >= 0.8 * paper.norm, (history[-1], paper.norm)
 
@@ -389,3 +390,36 @@ def test_token_scaled_descent_starts_at_the_start_and_rejects_a_negative_rate(tr
     torch.testing.assert_close(unchanged.noise, init, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="token_lr"):
         synthesize_noise(model, batches, token_lr=-1.0)
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_the_stop_and_the_final_scale_are_judged_on_the_last_minibatches(trained, window):
+    """Issue 22's cheap steps: the descent runs on small minibatches and stops only when the mean distance over its
+    last ``stop_batches`` minibatches, measured on the noise of that step, is below eps; the returned mse_prob is
+    that of the returned noise on exactly those minibatches, inside the band."""
+    model, train_batches, _ = trained
+    small = [images for batch in train_batches for images in batch.split(8)][:40]
+    result = synthesize_noise(model, small, max_steps=300, token_lr=0.2, stop_batches=window,
+                              generator=torch.Generator().manual_seed(0))
+    assert result.reached and not result.budget_hit and result.steps >= window - 1
+    # step k runs on minibatch k (the first one also serves the start's check): the window ends at minibatch `steps`
+    last = [small[index % len(small)] for index in range(result.steps - window + 1, result.steps + 1)]
+    judged = noise_influence(model, last, result.noise)["mse_prob"]
+    assert judged == pytest.approx(result.mse_prob, rel=1e-4)  # the same forwards, batched alike: float32 round-off
+    assert EPS / 2 <= judged < EPS
+
+
+@pytest.mark.parametrize("noise_batch_size,expected", [(8, 8), (0, 16)])
+def test_the_synthesis_minibatches_have_noise_batch_size_images(tmp_path, noise_batch_size, expected):
+    pixels, labels = digits_tensors("train")
+    args = NullspaceConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, noise_batch_size=noise_batch_size,
+                           use_cpu=True, report_to="none")
+    trainer = NullspaceTrainer(model=make_tiny_model(num_labels=10, image_size=16, patch_size=4), args=args,
+                               train_dataset=TensorRows(pixels[:64], labels[:64]))
+    assert next(trainer._synthesis_batches(0))["pixel_values"].shape[0] == expected
+
+
+@pytest.mark.parametrize("field,value", [("noise_batch_size", -1), ("noise_stop_batches", 0)])
+def test_bad_synthesis_batch_settings_are_clear_errors(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field):
+        NullspaceConfig(output_dir=str(tmp_path), use_cpu=True, **{field: value})

@@ -164,7 +164,7 @@ def test_paper_configs_parse_and_build_a_trainer(recipe, tmp_path, config):
     assert script.dataset_name == "imagenet-1k" and training.learning_rate == pytest.approx(1e-5)
     assert training.train_ratio == pytest.approx(0.004) and training.num_train_epochs == 20
     assert (training.noise_init_limit, training.noise_warm_start, training.noise_max_steps) == (3.0, False, 3000)
-    assert training.noise_token_lr == 0.0
+    assert (training.noise_token_lr, training.noise_batch_size, training.noise_stop_batches) == (0.0, 0, 1)
     # the Hub checkpoint and ImageNet replaced by a tiny ViT and 500 random images (train_ratio 0.004: 2 samples)
     dataset = TensorRows(torch.randn(500, 3, 32, 32), torch.randint(0, 3, (500,)))
     trainer = NullspaceTrainer(model=make_tiny_model(), args=training, train_dataset=dataset,
