@@ -118,7 +118,7 @@ class NullspaceConfig(BaseConfig):
     noise synthesis and the augmented loss of Algorithm 1 (paper App. C). Defaults are the paper's except
     the synthesis schedule, chosen by ``benchmarks/matrix.py`` on nine models with 16–256 patch tokens
     (docs/benchmarks.md, issue 22): every round, as in the paper, searches from a fresh U(−3, 3), but with
-    the token-scaled descent (``noise_token_lr``) for at most 200 gradient steps, which ends with about the
+    the token-scaled descent (``noise_token_lr``) for at most 400 gradient steps, which ends with about the
     norm of the paper's own search in tens instead of hundreds to thousands of steps; its steps run on
     minibatches of 8 images (``noise_batch_size``) and it stops when its last 8 minibatches, 64 images, agree
     that the noise is inside ε (``noise_stop_batches``). ``noise_warm_start``
@@ -146,7 +146,7 @@ class NullspaceConfig(BaseConfig):
         metadata={"help": "A: a fresh noise starts from U(-A, A) (a large noise that is then shrunk; the paper: 3)."},
     )
     noise_token_lr: float = field(
-        default=0.2,
+        default=0.4,
         metadata={
             "help": "Learning rate of the per-token scales of the token-scaled descent (noise = s * (start + delta), "
             "one scale s in (0, 2) per patch token, beside the element-wise change delta at noise_lr): it finds "
@@ -155,7 +155,7 @@ class NullspaceConfig(BaseConfig):
         },
     )
     noise_max_steps: int = field(
-        default=200,
+        default=400,
         metadata={
             "help": "T: gradient-step budget of a fresh synthesis (round 0, or every round without warm start; the "
             "paper: 3000). A search that uses it up is scaled into eps along its direction and logged with a warning."
@@ -207,7 +207,8 @@ class NullspaceConfig(BaseConfig):
             "help": "Start each synthesis after round 0 from a fresh U(-A, A) draw with the previous noise's size "
             "per patch token times noise_warm_start_scale, instead of a plain fresh U(-A, A) (the paper: False). A "
             "start the updated model still tolerates (inside eps) is kept and only placed in the band; one it does "
-            "not is searched (noise_warm_lr, noise_warm_max_steps)."
+            "not is searched (noise_warm_lr, noise_warm_max_steps). Measured with noise_token_lr 0.2: at the default "
+            "0.4 a warm round can overshoot and the next fall back (docs/benchmarks.md, issue 22)."
         },
     )
     noise_warm_start_scale: float = field(
