@@ -121,7 +121,7 @@ def test_the_card_is_built_from_the_run_and_written_into_every_checkpoint(tmp_pa
     text = (output / "README.md").read_text()
     # the non-default settings of the run, with their defaults, and the method's own
     for row in ("| `learning_rate` | 0.002 | 5e-05 |", "| `max_steps` | 4 | -1 |", "| `eval_strategy` | steps | no |",
-                "| `noise_eps` | 0.05 |", "| `noise_refresh_steps` | 2 |", "| `noise_token_lr` | 0.2 |"):
+                "| `noise_eps` | 0.05 |", "| `noise_refresh_steps` | 2 |", "| `noise_token_lr` | 0.4 |"):
         assert row in text, row
     # every round with its norm, RMS per element and whether the budget was used up
     assert "| noise norm | RMS per element | budget used up |" in text

@@ -283,7 +283,7 @@ def test_a_streaming_train_set_trains_two_rounds_reading_on(tmp_path, monkeypatc
     assert [record["round"] for record in trainer.noise_history] == [0, 1]
     assert all(record["reached"] and record["mse_prob"] < EPS for record in trainer.noise_history)
     assert trainer.noise.shape == (NUM_PATCHES, HIDDEN)
-    torch.testing.assert_close(first_batches[0], pixels[:16], atol=1e-6, rtol=0)
+    torch.testing.assert_close(first_batches[0], pixels[:8], atol=1e-6, rtol=0)  # noise_batch_size images
     assert not torch.equal(first_batches[1], first_batches[0])
 
 
@@ -296,7 +296,7 @@ def test_train_ratio_needs_a_train_set_with_a_length(tmp_path):
 def test_the_synthesis_stream_starts_again_when_it_ends_and_an_empty_one_is_an_error(tmp_path):
     pixels, labels = _digits()
     stream = _TensorStream(pixels[:40], labels[:40])
-    trainer = NullspaceTrainer(model=_build("vit"), args=_config(tmp_path), train_dataset=stream)
+    trainer = NullspaceTrainer(model=_build("vit"), args=_config(tmp_path, noise_batch_size=16), train_dataset=stream)
     batches = trainer._synthesis_batches(0)
     sizes = [len(next(batches)["labels"]) for _ in range(4)]
     assert sizes == [16, 16, 8, 16]  # 40 rows: two full batches, the rest, then the stream again

@@ -174,7 +174,8 @@ def test_each_round_starts_from_its_schedule(tmp_path, dataset, monkeypatch, war
     first, second = calls[0][0], calls[1][0]
     assert first["init"] is None and first["lr"] == 0.1 and first["reuse_batches"] == 3
     assert first["max_steps"] == 40 and not first["keep_inside_start"] and first["band"] == 0.5
-    assert first["token_lr"] == 0.2
+    assert (first["token_lr"], first["stop_batches"]) == (0.4, 8)
+    assert next(trainer._synthesis_batches(0))["pixel_values"].shape[0] == 8  # noise_batch_size, not the train batch
     if not warm_start:
         assert second["init"] is None and second["max_steps"] == 40 and not second["keep_inside_start"]
         assert second["lr"] == 0.1
