@@ -43,7 +43,7 @@ from transformers import (
 )
 
 from benchmarks.overhead import CIFAR, DIGITS_MODEL, ROOT, build_trainer, load_rows, timed_run, timed_train
-from nullspace_hf import NullspaceConfig, NullspaceTrainer
+from nullspace_hf import NullspaceTrainer
 from nullspace_hf.noise import noise_influence, synthesize_noise
 
 PAPER_SEARCH = {"init_limit": 3.0, "lr": 0.1, "max_steps": 3000, "token_lr": 0.0, "band": None}
@@ -138,14 +138,22 @@ class RoundRecorder(TrainerCallback):
         self.noises.setdefault((state.global_step - 1) // self.refresh_steps, self.trainer.noise.detach().clone())
 
 
+def shuffled_batches(pixels: torch.Tensor, batch_size: int, seed: int,
+                     drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless minibatches of ``pixels`` in a new seeded shuffle every pass (without the last, smaller one of a pass
+    when ``drop_last``)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        for index in torch.randperm(len(pixels), generator=generator).split(batch_size):
+            if len(index) == batch_size or not drop_last:
+                yield {"pixel_values": pixels[index]}
+
+
 def training_batches(trainer: NullspaceTrainer, round_index: int) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled minibatches of the training batch size from the trainer's train set: the paper's synthesis
     batches (the defaults' own are smaller, ``noise_batch_size``)."""
-    pixels = trainer.train_dataset.pixel_values
-    generator = torch.Generator().manual_seed(trainer.args.seed + round_index)
-    while True:
-        for index in torch.randperm(len(pixels), generator=generator).split(trainer.args.per_device_train_batch_size):
-            yield {"pixel_values": pixels[index]}
+    return shuffled_batches(trainer.train_dataset.pixel_values, trainer.args.per_device_train_batch_size,
+                            trainer.args.seed + round_index)
 
 
 def paper_search(trainer: NullspaceTrainer, round_index: int, held: list[torch.Tensor]) -> dict:
@@ -189,11 +197,8 @@ def run_setup(setup: Setup, args: argparse.Namespace) -> dict:
     rows, data_name = load_rows(checkpoint, setup.data, args.samples)
     held_rows, _ = load_rows(checkpoint, setup.data, args.held_out, split="test")
     held = list(held_rows.pixel_values.split(64))
-    config = NullspaceConfig(output_dir=TMP, use_cpu=True)
     result = {"description": setup.description, "checkpoint": checkpoint, "data": data_name, "samples": len(rows),
-              "held_out_samples": len(held_rows), "batch_size": args.batch_size,
-              "noise_batch_size": config.noise_batch_size, "noise_stop_batches": config.noise_stop_batches,
-              "runs": {}}
+              "held_out_samples": len(held_rows), "batch_size": args.batch_size, "runs": {}}
     paper_rounds: dict[int, dict] = {}
     for rounds in args.rounds:
         run_args = argparse.Namespace(model=checkpoint, steps=rounds * REFRESH_STEPS, batch_size=args.batch_size,
@@ -206,6 +211,8 @@ def run_setup(setup: Setup, args: argparse.Namespace) -> dict:
                 measured = (trainer, RoundRecorder(trainer, REFRESH_STEPS))
                 trainer.add_callback(measured[1])
             defaults.append(timed_train(trainer))
+        result["noise_batch_size"] = measured[0].args.noise_batch_size
+        result["noise_stop_batches"] = measured[0].args.noise_stop_batches
         run = {"plain_seconds": statistics.median(plain), "defaults_seconds": statistics.median(defaults),
                "plain_runs": plain, "defaults_runs": defaults, "rounds": rounds_table(measured[0].noise_history)}
         run["ratio"] = run["defaults_seconds"] / run["plain_seconds"]

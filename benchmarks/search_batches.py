@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator
 
 import torch
 from transformers import AutoModelForImageClassification
 
+from benchmarks.matrix import shuffled_batches
 from benchmarks.overhead import load_rows
 from nullspace_hf.noise import noise_influence, synthesize_noise
 
@@ -31,19 +31,6 @@ VARIANTS = {
     "defaults": {"batch": 8, "token_lr": 0.4, "max_steps": 400, "stop_batches": 8},
     "defaults-reuse16": {"batch": 8, "token_lr": 0.4, "max_steps": 400, "stop_batches": 8, "reuse_batches": 16},
 }
-
-
-class Shuffled:
-    """Endless minibatches of ``batch`` images in one seeded shuffle order per pass (a re-iterable source)."""
-
-    def __init__(self, pixels: torch.Tensor, batch: int, seed: int) -> None:
-        self.pixels, self.batch, self.generator = pixels, batch, torch.Generator().manual_seed(seed)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            for index in torch.randperm(len(self.pixels), generator=self.generator).split(self.batch):
-                if len(index) == self.batch:
-                    yield {"pixel_values": self.pixels[index]}
 
 
 def main() -> None:
@@ -66,7 +53,7 @@ def main() -> None:
         batch = settings.pop("batch")
         for order in range(args.orders):
             started = time.perf_counter()
-            result = synthesize_noise(model, Shuffled(rows.pixel_values, batch, order),
+            result = synthesize_noise(model, shuffled_batches(rows.pixel_values, batch, order, drop_last=True),
                                       generator=torch.Generator().manual_seed(order), **settings)
             seconds = time.perf_counter() - started
             held_out = noise_influence(model, held, result.noise)["mse_prob"]

@@ -324,6 +324,12 @@ def _scaled_distance(
     return distance
 
 
+def _pairs(window: Iterable[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]) -> list[tuple[dict[str, Any],
+                                                                                          torch.Tensor]]:
+    """The ``(inputs, clean logits)`` pairs of a stop window's ``(inputs, clean logits, distances)`` entries."""
+    return [(inputs, clean) for inputs, clean, _ in window]
+
+
 TOKEN_SCALE_MAX = 2.0
 """The most a token-scaled descent (:func:`token_scaled`) can grow a token of its start in one search."""
 
@@ -501,7 +507,7 @@ def synthesize_noise(
             current_on_window = len(window) == 1
             if mse_prob < eps and len(window) == stop_batches and not current_on_window:
                 # the window's distances were measured on earlier steps' noises: confirm on the noise of now
-                mse_prob = _scaled_distance(model, injector, [(i, c) for i, c, _ in window], noise)(1.0)
+                mse_prob = _scaled_distance(model, injector, _pairs(window), noise)(1.0)
                 forward_steps, current_on_window = forward_steps + len(window), True
             if (mse_prob < eps and current_on_window) or steps >= max_steps:
                 break
@@ -519,7 +525,7 @@ def synthesize_noise(
         final = noise.detach().float()
         budget_hit = not mse_prob < eps
         if band is not None:
-            placing = [(inputs, clean)] if len(window) < 2 else [(i, c) for i, c, _ in window]
+            placing = _pairs(window) or [(inputs, clean)]  # no window: a kept start, judged on its batch
             settled = boundary_scale(_scaled_distance(model, injector, placing, final), eps, side="inside",
                                      band=band, at_one=mse_prob if current_on_window else None)
             final, mse_prob = final * settled.scale, settled.mse_prob
