@@ -95,20 +95,25 @@ def remove_staged_saves(output_dir: str) -> None:
 
 @dataclass
 class NoiseState:
-    """What a checkpoint holds of Algorithm 1: the round, its noise, the history of rounds, the EMA weights."""
+    """What a checkpoint holds of Algorithm 1: the round, its noise, the history of rounds, the EMA weights, and the
+    earlier rounds' noises that a ``noise_bank_size`` > 1 keeps beside the current one (oldest first)."""
 
     round: int = -1
     noise: torch.Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     ema: dict[str, torch.Tensor] | None = None
+    bank: torch.Tensor | None = None
 
 
 def save_noise_state(directory: str, state: NoiseState, noise_mode: str) -> None:
     """Write ``state`` into ``directory`` (the noise only when there is one, the EMA only when given)."""
     os.makedirs(directory, exist_ok=True)
     if state.noise is not None:
-        save_file({"noise": state.noise.detach().float().cpu().contiguous()}, os.path.join(directory, NOISE_FILE),
-                  metadata={"round": str(state.round), "noise_mode": noise_mode})
+        tensors = {"noise": state.noise.detach().float().cpu().contiguous()}
+        if state.bank is not None:
+            tensors["bank"] = state.bank.detach().float().cpu().contiguous()
+        save_file(tensors, os.path.join(directory, NOISE_FILE), metadata={"round": str(state.round),
+                                                                         "noise_mode": noise_mode})
     with open(os.path.join(directory, HISTORY_FILE), "w", encoding="utf-8") as handle:
         json.dump({"noise_mode": noise_mode, "round": state.round, "rounds": state.history}, handle, indent=2)
     if state.ema:
@@ -170,7 +175,8 @@ def load_noise_state(checkpoint: str, noise_mode: str, with_ema: bool) -> NoiseS
         state.round, state.history = _read_history(history_path)
     noise_path = os.path.join(checkpoint, NOISE_FILE)
     if os.path.isfile(noise_path):
-        state.noise = _read_tensors(noise_path, "noise")["noise"]
+        tensors = _read_tensors(noise_path, "noise")
+        state.noise, state.bank = tensors["noise"], tensors.get("bank")
         _check_matches_history(noise_path, state)
     elif noise_mode != "none" and state.round >= 0:
         raise NullspaceError(

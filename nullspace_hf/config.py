@@ -11,6 +11,7 @@ import torch
 from transformers import TrainingArguments
 
 from .errors import NullspaceError
+from .objectives import NOISY_LOSSES
 from .processes import launched_without_accelerator
 
 NOISE_MODES = ("nullspace", "random", "none")
@@ -247,6 +248,39 @@ class NullspaceConfig(BaseConfig):
     noisy_loss_weight: float = field(
         default=1.0, metadata={"help": "w in CE(clean) + w * CE(noisy) (Eq. 6 uses 1)."}
     )
+    noise_train_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "alpha: the noisy branch of Eq. 6 trains on alpha * noise, the noise still found on the eps "
+            "boundary (alpha > 1: beyond the boundary, a noise the model is not yet invariant to; issue 26). 1: Eq. 6."
+        },
+    )
+    noisy_loss: str = field(
+        default="ce",
+        metadata={
+            "help": "The noisy term of Eq. 6: 'ce' (w * CE(f(u + v), y), the paper), 'kl' (beta * KL(softmax f(u) || "
+            "softmax f(u + v)), an invariance loss of TRADES' shape, instead of the CE term) or 'ce+kl' (both). "
+            "'kl' and 'ce+kl' run clean and noisy forwards in one backward (the gradient flows through both).",
+            "choices": list(NOISY_LOSSES),
+        },
+    )
+    noisy_kl_weight: float = field(
+        default=6.0, metadata={"help": "beta of the KL term of noisy_loss 'kl' and 'ce+kl' (TRADES: 6)."}
+    )
+    noise_bank_size: int = field(
+        default=1,
+        metadata={
+            "help": "K: keep the noises of the last K rounds and let every sample draw one of them at every step "
+            "(more directions per step; issue 26). 1: Eq. 6's one noise per round."
+        },
+    )
+    noise_random_scale: bool = field(
+        default=False,
+        metadata={
+            "help": "Scale every sample's noise by its own factor drawn from U(0, 1) at every step, so the noisy "
+            "branch sees the whole segment from 0 to noise_train_scale * noise (issue 26). False: Eq. 6."
+        },
+    )
     noisy_forward: str = field(
         default="separate",
         metadata={
@@ -316,6 +350,14 @@ class NullspaceConfig(BaseConfig):
                      "noise_reuse_batches", "noise_token_lr", "noise_batch_size"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.noisy_loss not in NOISY_LOSSES:
+            problems.append(f"noisy_loss={self.noisy_loss!r} is not one of {', '.join(NOISY_LOSSES)}")
+        if not self.noise_train_scale > 0:
+            problems.append(f"noise_train_scale must be > 0, got {self.noise_train_scale!r}")
+        if self.noisy_kl_weight < 0:
+            problems.append(f"noisy_kl_weight must be >= 0, got {self.noisy_kl_weight!r}")
+        if self.noise_bank_size < 1:
+            problems.append(f"noise_bank_size must be >= 1, got {self.noise_bank_size!r}")
         if self.noise_stop_batches < 1:
             problems.append(f"noise_stop_batches must be >= 1, got {self.noise_stop_batches!r}")
         if not 0 <= self.noise_boundary_band < 1:

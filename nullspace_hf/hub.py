@@ -13,6 +13,7 @@ from .checkpoint import STAGING_PREFIX
 from .errors import NullspaceError
 from .lock import HOLDER_FILE, LOCK_FILE
 from .model_card import ModelCardCallback, RunCardData, changed_settings, default_config, method_setting_names
+from .objectives import is_variant, objective_text
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 RESULTS_FILE = "results.json"
@@ -208,6 +209,7 @@ def build_model_card(
         card_data, template_path=str(TEMPLATE), model_name=model_name, repo_id=repo_id,
         base_model_text=base_model_text, dataset_name=dataset_name, method_name=METHODS.get(mode, "fine-tuning"),
         noise_method=mode in ("nullspace", "random"), refresh_steps=getattr(args, "noise_refresh_steps", 40),
+        objective=objective_text(args), objective_variant=is_variant(args),
         results_table=results_table(results), method_settings=method_settings,
         changed_settings=changed_settings(args, defaults or default_config(args)),
         evaluations_table=evaluations_table(data.evaluations) if data.evaluations else "",

@@ -59,23 +59,29 @@ class NoiseInjector:
             self.output_shape = embeddings.shape[1:]
         if self.noise is None:
             return output
-        if self.noise.shape != self.output_shape:
+        lead = 1 if self.noise.ndim == 3 else 0  # a leading batch dimension: one noise per sample
+        if tuple(self.noise.shape[lead:]) != tuple(self.output_shape) or (
+                lead and self.noise.shape[0] != embeddings.shape[0]):
             raise NullspaceError(
                 f"The noise has shape {tuple(self.noise.shape)} but the patch embeddings have shape "
-                f"{tuple(self.output_shape)} (num_patches, hidden): images of another size than the noise was "
-                "made for?"
+                f"{tuple(self.output_shape)} (num_patches, hidden), for a batch of {embeddings.shape[0]}: images of "
+                "another size than the noise was made for?"
             )
         noise = self.noise.to(embeddings.dtype)
         if self.channels_first:
-            noise = noise.T.reshape(embeddings.shape[1:])
+            noise = noise.transpose(-1, -2).reshape(*noise.shape[:lead], *embeddings.shape[1:])
         if self.sample_mask is not None:
-            noise = noise * self.sample_mask.to(embeddings.dtype).reshape(-1, *[1] * noise.ndim)
+            noise = noise * self.sample_mask.to(embeddings.dtype).reshape(-1, *[1] * (embeddings.ndim - 1))
         noisy = embeddings + noise
         return (noisy, *output[1:]) if isinstance(output, tuple) else noisy
 
     @contextmanager
     def applied(self, noise: torch.Tensor, sample_mask: torch.Tensor | None = None) -> Iterator[NoiseInjector]:
-        """Add ``noise`` to every forward inside the block (only to samples where ``sample_mask`` is 1)."""
+        """Add ``noise`` to every forward inside the block.
+
+        ``noise`` is one ``(num_patches, hidden)`` tensor for every sample, or ``(batch, num_patches, hidden)``, one
+        per sample; ``sample_mask`` (``(batch,)``) multiplies each sample's noise (0/1: which samples get it).
+        """
         previous = (self.noise, self.sample_mask)
         self.noise, self.sample_mask = noise, sample_mask
         try:

@@ -36,6 +36,7 @@ from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
 from .lora import PeftSaveMixin, wrap_with_peft
 from .noise import NoiseInjector, NoiseResult, random_noise, redrawn_start, synthesize_noise
+from .objectives import NoiseBank, consistency_kl, training_noise
 from .pixels import PixelTransform
 
 __all__ = ["EMA_FILE", "HISTORY_FILE", "LOSS_TERM", "NOISE_FILE", "NullspaceTrainer"]
@@ -141,6 +142,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
         check_writable(args.output_dir, "output_dir")
         super().__init__(model=model, args=args, **kwargs)
         self.noise: torch.Tensor | None = None
+        self.noise_bank = NoiseBank(args.noise_bank_size - 1)  # the earlier rounds' noises beside self.noise
         self.noise_history: list[dict[str, Any]] = []
         self._noise_round = -1
         self._synthesis_loader: DataLoader | None = None
@@ -334,6 +336,8 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
             return
         check_finite_weights(self.model, f"the model at step {self.state.global_step}", DIVERGED)
         result = self._make_noise(round_index)
+        if self.noise is not None:
+            self.noise_bank.add(self.noise)
         self.noise, self._noise_round = result.noise, round_index
         record = {"round": round_index, "step": self.state.global_step, **result.as_dict()}
         self.noise_history.append(record)
@@ -350,7 +354,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
         self.refresh_noise()
         if self.augmentation is not None:  # one augmented, mixed batch for both terms of Eq. 6
             inputs = self.augmentation(self._prepare_inputs(inputs))
-        sequential = (self._noisy_training() and self.args.noisy_forward == "separate"
+        sequential = (self._noisy_training() and self.args.noisy_forward == "separate" and self.args.noisy_loss == "ce"
                       and self.accelerator.distributed_type != DistributedType.DEEPSPEED)
         if not sequential:
             return self._checked(super().training_step(model, inputs, num_items_in_batch), "training")
@@ -375,7 +379,24 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
         )
 
     def _noisy_training(self) -> bool:
-        return self.noise is not None and self.args.noisy_loss_weight > 0
+        ce = self.args.noisy_loss in ("ce", "ce+kl") and self.args.noisy_loss_weight > 0
+        kl = self.args.noisy_loss in ("kl", "ce+kl") and self.args.noisy_kl_weight > 0
+        return self.noise is not None and (ce or kl)
+
+    def _branch_noise(self, batch: int) -> torch.Tensor:
+        """What the noisy branch adds to a batch: α·ṽ, drawn per sample from the bank or randomly scaled when the
+        config asks for it (:func:`~nullspace_hf.objectives.training_noise`)."""
+        return training_noise(self.noise, self.noise_bank, batch, self.args.noise_train_scale,
+                              self.args.noise_random_scale)
+
+    def _noisy_term(self, clean_logits: torch.Tensor, noisy_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The noisy term of Eq. 6 as ``noisy_loss`` asks: w·CE(f(u + v), y), β·KL(f(u) ‖ f(u + v)), or both."""
+        loss = noisy_logits.new_zeros((), dtype=torch.float32)
+        if self.args.noisy_loss in ("ce", "ce+kl"):
+            loss = loss + self.args.noisy_loss_weight * self._cross_entropy(noisy_logits, labels)
+        if self.args.noisy_loss in ("kl", "ce+kl"):
+            loss = loss + self.args.noisy_kl_weight * consistency_kl(clean_logits, noisy_logits)
+        return loss
 
     # ---- Eq. 6: CE(clean) + w·CE(noisy) ----
 
@@ -398,25 +419,31 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """CE(f(u), y) + w·CE(f(u + ṽ), y) in training (Eq. 6); the clean loss alone in evaluation.
 
-        ``inputs[LOSS_TERM]`` (``"clean"`` or ``"noisy"``; absent: both) asks for one term only: a sequential
-        step (see :meth:`training_step`) backpropagates the clean term, then the noisy one.
+        The noisy branch adds :meth:`_branch_noise` (ṽ itself unless a variant of issue 26 is set) and pays
+        :meth:`_noisy_term` (the CE of Eq. 6, or the KL invariance term). ``inputs[LOSS_TERM]`` (``"clean"`` or
+        ``"noisy"``; absent: both) asks for one term only: a sequential step (see :meth:`training_step`)
+        backpropagates the clean term, then the noisy one (CE only: the KL term needs both in one graph).
         """
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         term = inputs.pop(LOSS_TERM, "both")
         noisy = model.training and self._noisy_training()
+        batch = labels.shape[0]
         if noisy and term == "noisy":
-            with self.injector.applied(self.noise):
+            with self.injector.applied(self._branch_noise(batch)):
                 outputs = model(**inputs)
             loss = self.args.noisy_loss_weight * self._cross_entropy(outputs.logits, labels)
             return (loss, outputs) if return_outputs else loss
         noisy = noisy and term == "both"
         if noisy and self.args.noisy_forward == "concat":
-            batch = labels.shape[0]
             doubled = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == (batch,) else v
                        for k, v in inputs.items()}
-            mask = torch.cat([torch.zeros(batch), torch.ones(batch)]).to(labels.device)
-            with self.injector.applied(self.noise, sample_mask=mask):
+            noise = self._branch_noise(batch)
+            if noise.ndim == 3:  # one noise per sample: none for the clean half
+                noise, mask = torch.cat([torch.zeros_like(noise), noise]), None
+            else:
+                mask = torch.cat([torch.zeros(batch), torch.ones(batch)]).to(labels.device)
+            with self.injector.applied(noise, sample_mask=mask):
                 outputs = model(**doubled)
             clean_logits, noisy_logits = outputs.logits.chunk(2)
             outputs.logits = clean_logits
@@ -424,11 +451,11 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
             outputs = model(**inputs)
             clean_logits = outputs.logits
             if noisy:
-                with self.injector.applied(self.noise):
+                with self.injector.applied(self._branch_noise(batch)):
                     noisy_logits = model(**inputs).logits
         loss = self._cross_entropy(clean_logits, labels)
         if noisy:
-            loss = loss + self.args.noisy_loss_weight * self._cross_entropy(noisy_logits, labels)
+            loss = loss + self._noisy_term(clean_logits, noisy_logits, labels)
         return (loss, outputs) if return_outputs else loss
 
     # ---- EMA for evaluation and the final model ----
@@ -455,13 +482,16 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
     def _save_extra_state(self, directory: str, checkpoint: bool) -> None:
         """The noise state (with the EMA weights in a checkpoint) beside the weights."""
         ema = self.ema.shadow if checkpoint and self.ema is not None else None
-        save_noise_state(directory, NoiseState(self._noise_round, self.noise, self.noise_history, ema),
+        save_noise_state(directory, NoiseState(self._noise_round, self.noise, self.noise_history, ema,
+                                               self.noise_bank.noises),
                          self.args.noise_mode)
 
     def _load_noise_state(self, checkpoint: str) -> None:
         state = load_noise_state(checkpoint, self.args.noise_mode, with_ema=self.ema is not None)
         self._noise_round, self.noise_history = state.round, state.history
         self.noise = None if state.noise is None else state.noise.to(self.args.device)
+        self.noise_bank = NoiseBank(self.args.noise_bank_size - 1)
+        self.noise_bank.restore(None if state.bank is None else state.bank.to(self.args.device))
         if state.ema is not None:
             self.ema.shadow = {k: v.to(self.args.device) for k, v in state.ema.items()}
 
