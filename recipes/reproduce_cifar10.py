@@ -60,8 +60,11 @@ METHODS = ("vanilla", "random", "nullspace", "nullspace_a1", "nullspace_fast", "
 METHOD_LABELS = {"vanilla": "Vanilla fine-tuning", "random": "Random ε-noise",
                  "nullspace": "Nullspace (paper schedule: fresh U(−3, 3) each round)",
                  "nullspace_a1": "Nullspace (fresh U(−1, 1) each round)",
-                 "nullspace_fast": "Nullspace (package defaults: token-scaled search, warm start kept while tolerated)",
+                 "nullspace_fast": "Nullspace (package defaults: token-scaled search on minibatches of 8, fresh "
+                                   "U(−3, 3) each round)",
                  "madry": "Madry (PGD)", "trades": "TRADES"}
+NOISE_METHODS = ("random", "nullspace", "nullspace_a1", "nullspace_fast")
+VARIANT_SETTINGS = ("noise_train_scale", "noisy_loss", "noisy_kl_weight", "noise_bank_size", "noise_random_scale")
 MAIN_EPS = 0.03
 PROTOCOLS = ("plain", "paper")
 NORMALIZATIONS = ("pretrained", "imagenet")
@@ -138,6 +141,10 @@ class ReproduceArguments:
         "help": "Fine-tune this pretrained model instead of pretraining one in <output_dir>/pretrained."})
     pretrain_augment: bool = field(default=False, metadata={
         "help": "Pretrain with RandomResizedCrop (area 0.35-1) and horizontal flips (a stronger pretrained model)."})
+    noise_variant: str = field(default="", metadata={
+        "help": "A variant of Eq. 6 (issue 26) for every noise method (random and nullspace*, so that each has its "
+                f"random-noise control): comma-separated settings from {', '.join(VARIANT_SETTINGS)}, e.g. "
+                "'noise_train_scale=4,noisy_loss=kl'. Its runs are cached under their own names."})
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -157,6 +164,7 @@ class ReproduceArguments:
                                  "and trades from --methods.")
         if self.pretrained_dir and not (Path(self.pretrained_dir) / "config.json").is_file():
             raise NullspaceError(f"--pretrained_dir {self.pretrained_dir} holds no saved model (no config.json).")
+        self.variant_settings  # noqa: B018 (parses and checks --noise_variant before any work)
         unknown = sorted(set(self.method_list) - set(METHODS))
         if unknown:
             raise NullspaceError(f"Unknown methods {unknown}: choose from {', '.join(METHODS)}.")
@@ -172,6 +180,31 @@ class ReproduceArguments:
         for name, value in values.items():
             if getattr(self, name) == defaults[name]:
                 setattr(self, name, value)
+
+    @property
+    def variant_settings(self) -> dict[str, Any]:
+        """``--noise_variant`` as NullspaceConfig settings (each converted to its field's type)."""
+        types = {f.name: f.type for f in dataclasses.fields(NullspaceConfig) if f.name in VARIANT_SETTINGS}
+        settings: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in self.noise_variant.split(","))):
+            name, _, text = item.partition("=")
+            name = name.strip()
+            if name not in types or not text:
+                raise NullspaceError(f"--noise_variant {item!r}: give name=value with a name from "
+                                     f"{', '.join(VARIANT_SETTINGS)}.")
+            kind = types[name]
+            try:
+                settings[name] = (text.strip().lower() in ("1", "true", "yes") if kind in (bool, "bool")
+                                  else int(text) if kind in (int, "int") else float(text) if kind in (float, "float")
+                                  else text.strip())
+            except ValueError as error:
+                raise NullspaceError(f"--noise_variant {item!r}: {name} takes a value of type {kind}, got {text!r}.") from error
+        return settings
+
+    @property
+    def variant_tag(self) -> str:
+        """The variant in run names: ``noise_train_scale=4,noisy_loss=kl`` → ``noise_train_scale4-noisy_losskl``."""
+        return "-".join(f"{name}{value}" for name, value in self.variant_settings.items()).replace("+", "_")
 
     @property
     def method_list(self) -> list[str]:
@@ -202,18 +235,24 @@ class RunSpec:
     method: str
     eps: float
     seed: int
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.method}-eps{self.eps:g}-seed{self.seed}"
+        return f"{self.method}-eps{self.eps:g}-seed{self.seed}" + (f"-{self.variant}" if self.variant else "")
+
+
+def _spec(method: str, eps: float, seed: int, args: ReproduceArguments) -> RunSpec:
+    """A run of ``method``, tagged with ``--noise_variant`` when that applies to it (every noise method)."""
+    return RunSpec(method, eps, seed, args.variant_tag if method in NOISE_METHODS else "")
 
 
 def plan_runs(args: ReproduceArguments) -> list[RunSpec]:
     """Every method at ε = 0.03 for each seed, then nullspace and random noise at the other ε values."""
-    runs = [RunSpec(method, MAIN_EPS, seed) for seed in args.seed_list for method in args.method_list]
+    runs = [_spec(method, MAIN_EPS, seed, args) for seed in args.seed_list for method in args.method_list]
     for eps in args.eps_list:
         if eps != MAIN_EPS:
-            runs += [RunSpec(method, eps, seed) for seed in args.seed_list for method in ("nullspace", "random")
+            runs += [_spec(method, eps, seed, args) for seed in args.seed_list for method in ("nullspace", "random")
                      if method in args.method_list]
     return runs
 
@@ -274,8 +313,9 @@ def _training_config(spec: RunSpec, args: ReproduceArguments, output_dir: Path) 
              "nullspace_a1": {**fresh, "noise_init_limit": 1.0},
              "nullspace_fast": {"noise_mode": "nullspace"}}
     augmentation = PAPER_AUGMENTATION if args.protocol == "paper" else {}
+    variant = args.variant_settings if spec.method in NOISE_METHODS else {}
     return NullspaceConfig(noise_eps=spec.eps, noise_refresh_steps=args.noise_refresh_steps, **noise[spec.method],
-                           **augmentation, **common)
+                           **variant, **augmentation, **common)
 
 
 def load_processor(pretrained: Path, args: ReproduceArguments) -> Any:
@@ -346,7 +386,8 @@ def finetune_and_evaluate(spec: RunSpec, args: ReproduceArguments, pretrained: P
     trainer.train()
     seconds = time.perf_counter() - started - (tracker.seconds if tracker else 0.0)  # Fig. 4's measurements aside
     trainer.save_model()
-    return {"method": spec.method, "eps": spec.eps, "seed": spec.seed, "train_seconds": seconds,
+    return {"method": spec.method, "eps": spec.eps, "seed": spec.seed, "variant": spec.variant,
+            "train_seconds": seconds,
             "report": _robustness(trainer.model, processor, test, args, severities=args.severity_list,
                                   corruption_source=args.eval_corruption_source),
             "noise_history": getattr(trainer, "noise_history", []),
@@ -611,9 +652,9 @@ def main(args: ReproduceArguments) -> dict[str, Any]:
                                 report_dir / "fig5_scaling_and_combination.png", eps=fig5["eps"],
                                 num_noises=len(fig5["noises"]))
     first_seed = args.seed_list[0]
-    nullspace_run = results.get(RunSpec("nullspace", MAIN_EPS, first_seed).name)
+    nullspace_run = results.get(_spec("nullspace", MAIN_EPS, first_seed, args).name)
     if nullspace_run:
-        runs = (nullspace_run, results.get(RunSpec("vanilla", MAIN_EPS, first_seed).name))
+        runs = (nullspace_run, results.get(_spec("vanilla", MAIN_EPS, first_seed, args).name))
         plot_noise_dynamics(nullspace_run["noise_history"], report_dir / "fig4_rounds.png", eps=MAIN_EPS,
                             round_metrics={run["method"]: run["rounds"] for run in runs if run})
     pretrain_metrics = json.loads((pretrained / "pretrain_metrics.json").read_text()) \

@@ -187,7 +187,28 @@ def test_quick_paper_protocol_run_fine_tunes_under_the_mismatch(recipe, parquet_
     assert "### Effect sizes" in (output / "report" / "results_tables.md").read_text()
 
 
+def test_a_noise_variant_applies_to_every_noise_method_and_names_its_runs(recipe, parquet_data, tmp_path):
+    """Issue 26: --noise_variant sets the variant on the nullspace runs and on their random-noise control alike, not
+    on vanilla, and its runs are cached under their own names."""
+    args = _args(recipe, parquet_data, tmp_path, "--noise_variant", "noise_train_scale=4, noisy_loss=ce+kl,"
+                 "noise_bank_size=3,noise_random_scale=true", "--methods", "vanilla,random,nullspace_fast",
+                 "--ablation_eps", "none")
+    assert args.variant_settings == {"noise_train_scale": 4.0, "noisy_loss": "ce+kl", "noise_bank_size": 3,
+                                     "noise_random_scale": True}
+    runs = {run.method: run for run in recipe.plan_runs(args)}
+    assert runs["vanilla"].name == "vanilla-eps0.03-seed0"
+    assert runs["random"].name.endswith("-noise_train_scale4.0-noisy_lossce_kl-noise_bank_size3-noise_random_scaleTrue")
+    for method in ("random", "nullspace_fast"):
+        config = recipe._training_config(runs[method], args, tmp_path / "run")
+        assert (config.noise_train_scale, config.noisy_loss, config.noise_bank_size, config.noise_random_scale) == \
+            (4.0, "ce+kl", 3, True)
+    vanilla = recipe._training_config(runs["vanilla"], args, tmp_path / "run")
+    assert vanilla.noise_mode == "none" and vanilla.noise_train_scale == 1.0
+
+
 @pytest.mark.parametrize(("extra", "message"), [
+    (["--noise_variant", "noise_lr=3"], "give name=value with a name from noise_train_scale"),
+    (["--noise_variant", "noise_bank_size=many"], "noise_bank_size takes a value of type int"),
     (["--methods", "vanilla,mixup"], "Unknown methods"),
     (["--protocol", "paper", "--methods", "vanilla,madry"], "drop madry"),
     (["--protocol", "authors"], "--protocol"),
