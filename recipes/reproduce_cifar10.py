@@ -198,7 +198,8 @@ class ReproduceArguments:
                                   else int(text) if kind in (int, "int") else float(text) if kind in (float, "float")
                                   else text.strip())
             except ValueError as error:
-                raise NullspaceError(f"--noise_variant {item!r}: {name} takes a value of type {kind}, got {text!r}.") from error
+                raise NullspaceError(f"--noise_variant {item!r}: {name} takes a value of type {kind}, got "
+                                     f"{text!r}.") from error
         return settings
 
     @property
