@@ -262,3 +262,27 @@ def test_a_later_invocation_adds_the_autoattack_column_to_cached_reports(recipe,
     assert not recipe.add_missing_attacks(cached, not_again, processor, test, args)
     assert "| AutoAttack |" in recipe.markdown_tables({}, recipe.run_metrics({"report": cached, "train_seconds": 1.0},
                                                                               cached), [], [0.03])
+
+
+def test_the_variant_table_pairs_each_variant_with_vanilla_and_its_random_control(tmp_path):
+    """recipes/variant_effects.py: nullspace − vanilla and nullspace − random are differences paired by seed, with
+    t = mean / (sd / √n)."""
+    sys.path.insert(0, str(RECIPES))
+    try:
+        import variant_effects
+    finally:
+        sys.path.remove(str(RECIPES))
+    runs = {}
+    for seed, (vanilla, random, nullspace) in enumerate([(50.0, 51.0, 52.0), (60.0, 62.0, 63.0), (55.0, 57.0, 56.0)]):
+        for method, value in (("vanilla", vanilla), ("random", random), ("nullspace_fast", nullspace)):
+            tag = "" if method == "vanilla" else "-noise_train_scale4.0"
+            runs[f"{method}-eps0.03-seed{seed}{tag}"] = {
+                "clean": value, "fgsm": value, "pgd": value, "corruption": value, "train_seconds": 1.0,
+                "noise_norm": 2.0}
+    (tmp_path / "results.json").write_text(json.dumps({"arguments": {"noise_variant": "noise_train_scale=4"},
+                                                       "runs": runs}))
+    table = variant_effects.table([tmp_path])
+    nullspace_row = next(line for line in table.splitlines() if "nullspace × 3" in line)
+    # nullspace − vanilla: +2, +3, +1 → mean 2, sd 1, t = 2 / (1 / √3) = 3.46; nullspace − random: +1, +1, −1
+    assert "+2.00 ± 1.00 (+3.5)" in nullspace_row and "+0.33 ± 1.15 (+0.5)" in nullspace_row
+    assert "`noise_train_scale=4`" in nullspace_row
