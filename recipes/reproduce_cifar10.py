@@ -192,10 +192,10 @@ class ReproduceArguments:
             if name not in types or not text:
                 raise NullspaceError(f"--noise_variant {item!r}: give name=value with a name from "
                                      f"{', '.join(VARIANT_SETTINGS)}.")
-            kind = types[name]
+            kind = getattr(types[name], "__name__", types[name])  # the class, or its name under postponed annotations
             try:
-                settings[name] = (text.strip().lower() in ("1", "true", "yes") if kind in (bool, "bool")
-                                  else int(text) if kind in (int, "int") else float(text) if kind in (float, "float")
+                settings[name] = (text.strip().lower() in ("1", "true", "yes") if kind == "bool"
+                                  else int(text) if kind == "int" else float(text) if kind == "float"
                                   else text.strip())
             except ValueError as error:
                 raise NullspaceError(f"--noise_variant {item!r}: {name} takes a value of type {kind}, got "

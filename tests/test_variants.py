@@ -183,6 +183,6 @@ def test_the_model_card_names_the_variant(tmp_path, dataset):
     variant = _trainer(tmp_path, dataset, noise_train_scale=4.0, noisy_loss="kl").model_card().content
     assert "6·KL(softmax f(u) ‖ softmax f(u + v)) with v = 4·ṽ" in variant
     assert "a variant of the paper's Eq. 6" in variant
-    assert "did better than the same variant with random noise" in variant  # what issue 26's study measured
+    assert "as much as the same variant with random noise" in variant  # what issue 26's study measured
     paper = _trainer(tmp_path / "paper", dataset).model_card().content
     assert "CE(f(u), y) + CE(f(u + v), y) with v = ṽ" in paper and "variant of the paper" not in paper
