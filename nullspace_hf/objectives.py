@@ -88,6 +88,14 @@ def training_noise(noise: torch.Tensor, bank: NoiseBank | None = None, batch: in
     return drawn * scale
 
 
+def noisy_term_weights(args: Any) -> tuple[float, float]:
+    """The weights ``(w, β)`` of the noisy CE and the KL term that ``noisy_loss`` turns on (0 for a term it leaves
+    out)."""
+    loss = getattr(args, "noisy_loss", "ce")
+    return (getattr(args, "noisy_loss_weight", 1.0) if loss in ("ce", "ce+kl") else 0.0,
+            getattr(args, "noisy_kl_weight", 6.0) if loss in ("kl", "ce+kl") else 0.0)
+
+
 def is_variant(args: Any) -> bool:
     """Whether ``args`` sets any variant of this module (anything but Eq. 6's noisy CE on ṽ itself)."""
     return (getattr(args, "noise_train_scale", 1.0) != 1 or getattr(args, "noisy_loss", "ce") != "ce"
@@ -103,11 +111,10 @@ def objective_text(args: Any) -> str:
         noise = f"r·{noise} (r ~ U(0, 1) per sample)"
     if bank > 1:
         noise += f", ṽ drawn per sample from the last {bank} rounds' noises"
-    loss = getattr(args, "noisy_loss", "ce")
-    weight, beta = getattr(args, "noisy_loss_weight", 1.0), getattr(args, "noisy_kl_weight", 6.0)
+    ce_weight, kl_weight = noisy_term_weights(args)
     terms = ["CE(f(u), y)"]
-    if loss in ("ce", "ce+kl"):
-        terms.append(("" if weight == 1 else f"{weight:g}·") + "CE(f(u + v), y)")
-    if loss in ("kl", "ce+kl"):
-        terms.append(f"{beta:g}·KL(softmax f(u) ‖ softmax f(u + v))")
+    if ce_weight:
+        terms.append(("" if ce_weight == 1 else f"{ce_weight:g}·") + "CE(f(u + v), y)")
+    if kl_weight:
+        terms.append(f"{kl_weight:g}·KL(softmax f(u) ‖ softmax f(u + v))")
     return " + ".join(terms) + f" with v = {noise}"

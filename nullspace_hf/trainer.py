@@ -36,7 +36,7 @@ from .faults import FaultTolerantMixin
 from .hub import ModelCardMixin
 from .lora import PeftSaveMixin, wrap_with_peft
 from .noise import NoiseInjector, NoiseResult, random_noise, redrawn_start, synthesize_noise
-from .objectives import NoiseBank, consistency_kl, training_noise
+from .objectives import NoiseBank, consistency_kl, noisy_term_weights, training_noise
 from .pixels import PixelTransform
 
 __all__ = ["EMA_FILE", "HISTORY_FILE", "LOSS_TERM", "NOISE_FILE", "NullspaceTrainer"]
@@ -379,9 +379,7 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
         )
 
     def _noisy_training(self) -> bool:
-        ce = self.args.noisy_loss in ("ce", "ce+kl") and self.args.noisy_loss_weight > 0
-        kl = self.args.noisy_loss in ("kl", "ce+kl") and self.args.noisy_kl_weight > 0
-        return self.noise is not None and (ce or kl)
+        return self.noise is not None and any(weight > 0 for weight in noisy_term_weights(self.args))
 
     def _branch_noise(self, batch: int) -> torch.Tensor:
         """What the noisy branch adds to a batch: α·ṽ, drawn per sample from the bank or randomly scaled when the
@@ -391,11 +389,12 @@ class NullspaceTrainer(FaultTolerantMixin, ModelCardMixin, PeftSaveMixin, FullyS
 
     def _noisy_term(self, clean_logits: torch.Tensor, noisy_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The noisy term of Eq. 6 as ``noisy_loss`` asks: w·CE(f(u + v), y), β·KL(f(u) ‖ f(u + v)), or both."""
+        ce_weight, kl_weight = noisy_term_weights(self.args)
         loss = noisy_logits.new_zeros((), dtype=torch.float32)
-        if self.args.noisy_loss in ("ce", "ce+kl"):
-            loss = loss + self.args.noisy_loss_weight * self._cross_entropy(noisy_logits, labels)
-        if self.args.noisy_loss in ("kl", "ce+kl"):
-            loss = loss + self.args.noisy_kl_weight * consistency_kl(clean_logits, noisy_logits)
+        if ce_weight:
+            loss = loss + ce_weight * self._cross_entropy(noisy_logits, labels)
+        if kl_weight:
+            loss = loss + kl_weight * consistency_kl(clean_logits, noisy_logits)
         return loss
 
     # ---- Eq. 6: CE(clean) + w·CE(noisy) ----

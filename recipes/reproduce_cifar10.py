@@ -164,7 +164,7 @@ class ReproduceArguments:
                                  "and trades from --methods.")
         if self.pretrained_dir and not (Path(self.pretrained_dir) / "config.json").is_file():
             raise NullspaceError(f"--pretrained_dir {self.pretrained_dir} holds no saved model (no config.json).")
-        self.variant_settings  # noqa: B018 (parses and checks --noise_variant before any work)
+        self.variant_settings = self._parsed_variant()  # checked before any work
         unknown = sorted(set(self.method_list) - set(METHODS))
         if unknown:
             raise NullspaceError(f"Unknown methods {unknown}: choose from {', '.join(METHODS)}.")
@@ -181,8 +181,7 @@ class ReproduceArguments:
             if getattr(self, name) == defaults[name]:
                 setattr(self, name, value)
 
-    @property
-    def variant_settings(self) -> dict[str, Any]:
+    def _parsed_variant(self) -> dict[str, Any]:
         """``--noise_variant`` as NullspaceConfig settings (each converted to its field's type)."""
         types = {f.name: f.type for f in dataclasses.fields(NullspaceConfig) if f.name in VARIANT_SETTINGS}
         settings: dict[str, Any] = {}
